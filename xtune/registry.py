@@ -1,0 +1,43 @@
+"""xtune's registries: children of mmengine's root registries, so that configs can name both
+mmengine's classes (``IterBasedTrainLoop``, ``OptimWrapper``) and ours (``SupervisedFinetune``).
+
+Configs set ``default_scope = 'xtune'``; ``locations`` lists the modules that register into each
+registry, imported on first use so that a config never needs an import line.
+"""
+
+from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
+from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import Registry
+
+# Causal-LM wrappers that apply a finetuning type (full, freeze, lora, qlora, dora).
+MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtune", locations=["xtune.model"])
+# Datasets that turn data files into token ids, labels and packed rows.
+DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, scope="xtune", locations=["xtune.dataset"])
+# Samplers (length-grouped, resumable).
+DATA_SAMPLERS = Registry(
+    "data sampler", parent=MMENGINE_DATA_SAMPLERS, scope="xtune", locations=["xtune.dataset"]
+)
+# Collate functions (padding, packed rows).
+FUNCTIONS = Registry("function", parent=MMENGINE_FUNCTIONS, scope="xtune", locations=["xtune.dataset"])
+# Training hooks (throughput, evaluate-chat, loss curve, dataset info, RNG state).
+HOOKS = Registry("hook", parent=MMENGINE_HOOKS, scope="xtune", locations=["xtune.engine"])
+# Training loops (epochs converted to iterations, token-count loss normalisation).
+LOOPS = Registry("loop", parent=MMENGINE_LOOPS, scope="xtune", locations=["xtune.engine"])
+# The Runner with atomic checkpoints and safe resume.
+RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope="xtune", locations=["xtune.engine"])
+# Optimizers and their wrappers (mmengine's and torch's are found through the parents).
+OPTIMIZERS = Registry("optimizer", parent=MMENGINE_OPTIMIZERS, scope="xtune", locations=["xtune.engine"])
+OPTIM_WRAPPERS = Registry(
+    "optim wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope="xtune", locations=["xtune.engine"]
+)
+PARAM_SCHEDULERS = Registry(
+    "parameter scheduler", parent=MMENGINE_PARAM_SCHEDULERS, scope="xtune", locations=["xtune.engine"]
+)
