@@ -11,6 +11,7 @@ from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
@@ -37,6 +38,10 @@ RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope="xtune", locations=[
 OPTIMIZERS = Registry("optimizer", parent=MMENGINE_OPTIMIZERS, scope="xtune", locations=["xtune.engine"])
 OPTIM_WRAPPERS = Registry(
     "optim wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope="xtune", locations=["xtune.engine"]
+)
+OPTIM_WRAPPER_CONSTRUCTORS = Registry(
+    "optimizer wrapper constructor", parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, scope="xtune",
+    locations=["xtune.engine"],
 )
 PARAM_SCHEDULERS = Registry(
     "parameter scheduler", parent=MMENGINE_PARAM_SCHEDULERS, scope="xtune", locations=["xtune.engine"]

@@ -1,0 +1,7 @@
+# Self-cognition data: {{name}} and {{author}} in data/identity.json are filled from these knobs.
+_base_ = ['./sft.py']
+data_path = 'identity'
+name = 'xtune'
+author = 'the xtune team'
+train_dataset = dict(placeholders=dict(name='${name}', author='${author}'))
+evaluation_inputs = ['Who are you?', '你是谁？']

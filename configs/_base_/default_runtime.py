@@ -1,0 +1,34 @@
+# Runtime shared by every config: runner, hooks, logging, checkpoints, randomness.
+default_scope = 'xtune'
+runner_type = 'XtuneRunner'
+
+save_steps = 500  # optimizer steps between checkpoints
+save_total_limit = 2  # checkpoints kept (-1: all)
+log_interval = 10  # iterations between log lines
+seed = 42  # fixed by default so that a resumed run shuffles exactly as the original did
+evaluation_freq = 0  # iterations between those answers; 0 = only at the end
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval='${log_interval}', log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    # interval is in iterations (micro-batches): save_steps optimizer steps of accumulative_counts each
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval='${save_steps * accumulative_counts}',
+                    max_keep_ckpts='${save_total_limit}'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+custom_hooks = [
+    dict(type='DatasetInfoHook'),
+    dict(type='ThroughputHook'),
+    dict(type='RNGStateHook'),
+    dict(type='LossCurveHook'),
+    dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}'),
+]
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+log_processor = dict(by_epoch=False, window_size=1)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed='${seed}', deterministic=False)

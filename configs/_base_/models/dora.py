@@ -1,0 +1,2 @@
+_base_ = ['./lora.py']
+model = dict(finetune_type='dora')

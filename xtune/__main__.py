@@ -1,0 +1,5 @@
+import sys
+
+from xtune.cli import main
+
+sys.exit(main())

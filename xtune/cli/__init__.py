@@ -1,0 +1,60 @@
+"""The ``xtune`` command: one subcommand per module, one function each.
+
+Every subcommand's exit status is xtune's exit status. User errors (:class:`xtune.errors.XtuneError`)
+print one line, ``xtune: error: ...``, and exit 2; no traceback.
+"""
+
+import argparse
+import sys
+
+from xtune.errors import XtuneError
+
+# (name, module, one-line help). Modules are imported only when their command runs: `xtune --help`
+# stays fast and a command never pays for another's imports.
+COMMANDS = [
+    ("train", "xtune.cli.train", "train a model from a config"),
+    ("convert", "xtune.cli.convert", "convert checkpoints: pth_to_hf, merge"),
+    ("chat", "xtune.cli.chat", "chat with a model, an adapter or a training checkpoint"),
+    ("list-cfg", "xtune.cli.configs", "list the shipped configs"),
+    ("copy-cfg", "xtune.cli.configs", "copy a shipped config into a folder, ready to edit and train"),
+    ("print-config", "xtune.cli.configs", "print a config fully resolved, with overrides applied"),
+    ("check-dataset", "xtune.cli.check_dataset", "validate a config's data and show processed samples"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage errors: one line plus usage, exit 2
+        self.print_usage(sys.stderr)
+        self.exit(2, f"xtune: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = _Parser(prog="xtune", description="Fine-tune open LLMs from config files.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module, text in COMMANDS:
+        importlib.import_module(module).add_parser(sub, name, text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``xtune`` with ``argv``; returns (and, from the console script, exits with) the status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except XtuneError as exc:
+        print(f"xtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

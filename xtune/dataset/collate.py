@@ -1,0 +1,47 @@
+"""Batches of samples or packed rows into tensors."""
+
+import torch
+
+from xtune.dataset.encode import IGNORE_INDEX
+from xtune.registry import FUNCTIONS
+
+
+@FUNCTIONS.register_module()
+def sft_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of: int = 1) -> dict:
+    """Pad a batch on the right.
+
+    Unpacked items (``input_ids``, ``labels``) get an ``attention_mask``. Packed items also carry
+    ``position_ids``; they get no ``attention_mask`` (the restarting positions define the mask) and
+    padding forms a segment of its own with positions from 0.
+
+    Returns:
+        ``input_ids``, ``labels`` and ``attention_mask`` or ``position_ids``, as LongTensors, and
+        ``num_tokens``, the count of real (non-pad) tokens, for throughput.
+    """
+    longest = max(len(item["input_ids"]) for item in batch)
+    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    packed = "position_ids" in batch[0]
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    extra = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item["input_ids"])
+        input_ids[row, :n] = torch.as_tensor(item["input_ids"])
+        labels[row, :n] = torch.as_tensor(item["labels"])
+        if packed:
+            extra[row, :n] = torch.as_tensor(item["position_ids"])
+            extra[row, n:] = torch.arange(width - n)
+        else:
+            extra[row, :n] = 1
+    out = {
+        "input_ids": input_ids,
+        "labels": labels,
+        "num_tokens": torch.tensor(sum(len(i["input_ids"]) for i in batch)),
+    }
+    out["position_ids" if packed else "attention_mask"] = extra
+    return out
+
+
+def count_trained_tokens(labels: torch.Tensor) -> int:
+    """Tokens that contribute to the loss once the model shifts labels by one."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

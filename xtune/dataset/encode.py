@@ -1,0 +1,165 @@
+"""Conversations and documents into token ids and labels.
+
+Rendering always goes through ``tokenizer.apply_chat_template`` (with the tokenizer's own template or a
+built-in one installed on it), so training ids are exactly what the model sees when served. The
+trained span of an assistant turn is found by rendering the conversation up to the turn with a
+generation prompt (its start) and up to the end of the turn (its end): content, tool calls and the
+end-of-turn token are trained; role headers, system, user and tool turns are not.
+
+Labels are stored unshifted (the model shifts). The first label of every sample is -100: no token of
+the sample predicts it, which keeps packed rows from training across sample boundaries.
+"""
+
+from dataclasses import dataclass
+
+from xtune.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How samples become ids and labels.
+
+    Attributes:
+        max_length: Longest sample in tokens.
+        truncation: ``"truncate"`` cuts over-long samples to ``max_length``; ``"drop"`` drops them.
+        train_on_prompt: Train on every token, prompts included.
+        mask_history: Train only on the last assistant turn.
+        add_eos: For text (pretraining) samples, end each document with EOS.
+    """
+
+    max_length: int = 2048
+    truncation: str = "truncate"
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    add_eos: bool = True
+
+
+def _render(tokenizer, messages: list[dict], tools, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def _end_of_turn_suffix(tokenizer) -> str:
+    """What the template writes right after an assistant message's content (e.g. ``<|im_end|>``)."""
+    sentinel = "XTUNE_SENTINEL_7"
+    text = _render(
+        tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], None
+    )
+    return text[text.find(sentinel) + len(sentinel) :].rstrip()
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and find the character span of every assistant turn.
+
+    Returns:
+        The rendered text and one ``(start, end)`` span per assistant message, in order.
+
+    Raises:
+        DataError: The template renders an assistant turn in a way whose span cannot be found.
+    """
+    full = _render(tokenizer, messages, tools)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = _render(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        upto = full if i == last else _render(tokenizer, messages[: i + 1], tools)
+        if full.startswith(upto) and upto.startswith(prefix) and len(prefix) >= cursor:
+            start, end = len(prefix), len(upto.rstrip())
+        else:
+            # The template rewrites earlier turns (e.g. drops reasoning from history): find the content.
+            content = message.get("content") or ""
+            start = full.find(content, cursor) if content else -1
+            if start < 0:
+                raise DataError(
+                    f"the chat template renders assistant turn {i} differently inside the whole conversation "
+                    "than on its own, so its trained span cannot be found. Use a built-in prompt_template."
+                )
+            end = start + len(content)
+            suffix = _end_of_turn_suffix(tokenizer)
+            if suffix and full.startswith(suffix, end):
+                end += len(suffix)
+        spans.append((start, end))
+        cursor = end
+    return full, spans
+
+
+def labels_from_spans(
+    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
+    """Label a token when its characters overlap a trained span; -100 elsewhere."""
+    labels = [IGNORE_INDEX] * len(input_ids)
+    span_index = 0
+    for t, (start, end) in enumerate(offsets):
+        while span_index < len(spans) and spans[span_index][1] <= start:
+            span_index += 1
+        if span_index == len(spans):
+            break
+        span_start, span_end = spans[span_index]
+        if end > span_start and start < span_end and end > start:
+            labels[t] = input_ids[t]
+    return labels
+
+
+def encode_conversations(tokenizer, samples: list[dict], options: EncodeOptions) -> list[dict]:
+    """Encode a batch of conversation samples.
+
+    Returns:
+        One dict per sample: ``input_ids``, ``labels``, and ``status`` ("" ok, "truncated", or
+        "dropped: <reason>").
+    """
+    texts, all_spans = [], []
+    for sample in samples:
+        messages = sample["messages"]
+        text, spans = assistant_spans(tokenizer, messages, sample.get("tools"))
+        if options.mask_history and spans:
+            spans = spans[-1:]
+        if options.train_on_prompt:
+            spans = [(0, len(text))]
+        texts.append(text)
+        all_spans.append(spans)
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    results = []
+    for ids, offsets, spans in zip(encoded["input_ids"], encoded["offset_mapping"], all_spans):
+        labels = labels_from_spans(ids, offsets, spans)
+        results.append(_finish(list(ids), labels, options))
+    return results
+
+
+def encode_texts(tokenizer, samples: list[dict], options: EncodeOptions) -> list[dict]:
+    """Encode a batch of pretraining documents: every token trained, EOS at the end of each."""
+    encoded = tokenizer([s["text"] for s in samples], add_special_tokens=True)
+    results = []
+    for ids in encoded["input_ids"]:
+        ids = list(ids)
+        if (
+            options.add_eos
+            and tokenizer.eos_token_id is not None
+            and (not ids or ids[-1] != tokenizer.eos_token_id)
+        ):
+            ids.append(tokenizer.eos_token_id)
+        results.append(_finish(ids, list(ids), options))
+    return results
+
+
+def _finish(ids: list[int], labels: list[int], options: EncodeOptions) -> dict:
+    status = ""
+    if len(ids) > options.max_length:
+        if options.truncation == "drop":
+            return {
+                "input_ids": [],
+                "labels": [],
+                "status": f"dropped: longer than max_length={options.max_length}",
+            }
+        ids, labels = ids[: options.max_length], labels[: options.max_length]
+        status = "truncated"
+    if labels:
+        labels[0] = IGNORE_INDEX
+    if all(label == IGNORE_INDEX for label in labels):
+        return {"input_ids": [], "labels": [], "status": "dropped: no trained tokens (after truncation)"}
+    return {"input_ids": ids, "labels": labels, "status": status}

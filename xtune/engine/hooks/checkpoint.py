@@ -1,0 +1,64 @@
+"""Checkpoints that survive crashes: write, then point ``last_checkpoint`` at it, then rotate.
+
+mmengine's CheckpointHook deletes the oldest checkpoint before writing the new one, so a crash during
+the write can leave no valid checkpoint at all. Here the new checkpoint is written to a temporary name
+and renamed (by :class:`xtune.engine.runner.XtuneRunner`), ``last_checkpoint`` is replaced atomically,
+and only then are old checkpoints removed.
+"""
+
+import os
+import os.path as osp
+
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook
+
+from xtune.registry import HOOKS
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """A CheckpointHook whose saves and rotation never leave the work dir without a valid checkpoint."""
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+        stale = []
+        if self.max_keep_ckpts > 0 and (not self.keep_ckpt_ids or self.keep_ckpt_ids[-1] != step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                stale.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+        runner.save_checkpoint(
+            self.out_dir,
+            filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args,
+        )
+        if not is_main_process():
+            return
+        write_atomically(osp.join(runner.work_dir, "last_checkpoint"), self.last_ckpt)
+        for old in stale:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            if osp.isdir(path):
+                self.file_backend.rmtree(path)
+            elif osp.isfile(path):
+                self.file_backend.remove(path)
+
+    def save_now(self, runner) -> None:
+        """Save at the current iteration, outside the regular interval (on a stop signal)."""
+        meta = {"epoch": runner.epoch, "iter": runner.iter}
+        self._save_checkpoint_with_step(runner, runner.iter, meta)

@@ -1,0 +1,71 @@
+"""Generate answers to fixed prompts during training, to watch what the model learns."""
+
+import json
+import os.path as osp
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+
+from xtune.registry import HOOKS
+
+
+@HOOKS.register_module()
+class EvaluateChatHook(Hook):
+    """Answers ``evaluation_inputs`` greedily every ``every_n_iters`` iterations and at the end.
+
+    Prompts go through the training tokenizer's chat template, so the model is asked exactly as it is
+    trained. Answers are logged and appended to ``eval_chat.jsonl`` in the work dir.
+
+    Args:
+        evaluation_inputs: User prompts.
+        every_n_iters: Interval in iterations; 0 means only at the end.
+        max_new_tokens: Longest answer.
+        system: Optional system prompt.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, evaluation_inputs: list[str], every_n_iters: int = 0, max_new_tokens: int = 64,
+                 system: str | None = None) -> None:
+        self.inputs = list(evaluation_inputs)
+        self.every = every_n_iters
+        self.max_new_tokens = max_new_tokens
+        self.system = system
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.every and (runner.iter + 1) % self.every == 0 and runner.iter + 1 < runner.max_iters:
+            self._generate(runner)
+
+    def after_train(self, runner) -> None:
+        self._generate(runner)
+
+    @torch.no_grad()
+    def _generate(self, runner) -> None:
+        if not self.inputs or runner.rank != 0:
+            return
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        tokenizer = runner.train_dataloader.dataset.tokenizer
+        llm = model.llm
+        was_training = llm.training
+        llm.eval()
+        device = next(llm.parameters()).device
+        records = []
+        for prompt in self.inputs:
+            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            out = llm.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
+                do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+            )
+            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            records.append({"iter": runner.iter + 1, "prompt": prompt, "answer": answer})
+            print_log(f"[eval] {prompt!r} -> {answer!r}", logger="current")
+        with open(osp.join(runner.work_dir, "eval_chat.jsonl"), "a", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        llm.train(was_training)

@@ -1,0 +1,149 @@
+"""The training loop: epochs counted in iterations, one optimizer step per group of micro-batches.
+
+Before a step's first micro-batch runs, the loop looks ahead at all of the step's micro-batches and
+counts their trained tokens (summed over ranks). Every micro-batch's loss is its token-loss sum divided
+by that count, so a step's gradient is the mean over the step's tokens, however they were split into
+micro-batches, ranks and packed rows.
+"""
+
+import math
+import signal
+
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_distributed
+from mmengine.logging import print_log
+from mmengine.runner import IterBasedTrainLoop
+
+from xtune.dataset.collate import count_trained_tokens
+from xtune.errors import XtuneError
+from xtune.registry import LOOPS
+
+
+class TrainingInterrupted(XtuneError):
+    """Training stopped on a signal or a non-finite loss; the message says how to resume."""
+
+
+class _EpochIterator:
+    """Cycles through a dataloader forever, telling its sampler each new epoch."""
+
+    def __init__(self, dataloader) -> None:
+        self.dataloader = dataloader
+        self.epoch = 0
+        self.iterator = iter(dataloader)
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.epoch += 1
+            sampler = getattr(self.dataloader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+            self.iterator = iter(self.dataloader)
+            return next(self.iterator)
+
+
+@LOOPS.register_module()
+class TrainLoop(IterBasedTrainLoop):
+    """Iteration-based training given in epochs or iterations.
+
+    Args:
+        runner: The runner.
+        dataloader: A dataloader or its config; built once.
+        max_epochs: Epochs to train; converted to iterations with the dataloader's length.
+        max_iters: Iterations (micro-batches) to train, instead of ``max_epochs``.
+        val_begin: See ``IterBasedTrainLoop``.
+        val_interval: See ``IterBasedTrainLoop``.
+    """
+
+    def __init__(self, runner, dataloader, max_epochs: int | None = None, max_iters: int | None = None,
+                 val_begin: int = 1, val_interval: int = 10**9) -> None:
+        if isinstance(dataloader, dict):
+            diff_rank_seed = runner._randomness_cfg.get("diff_rank_seed", False)
+            dataloader = runner.build_dataloader(dataloader, seed=runner.seed, diff_rank_seed=diff_rank_seed)
+        if (max_epochs is None) == (max_iters is None):
+            raise XtuneError("train_cfg needs exactly one of max_epochs and max_iters.")
+        if len(dataloader) == 0:
+            raise XtuneError("the training dataloader is empty: the dataset has no usable samples.")
+        iters = max_iters if max_iters is not None else int(max_epochs) * len(dataloader)
+        super().__init__(runner, dataloader, iters, val_begin=val_begin, val_interval=val_interval)
+        self._max_epochs = max_epochs if max_epochs is not None else math.ceil(iters / len(dataloader))
+        self.dataloader_iterator = _EpochIterator(self.dataloader)
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------------------- helpers
+    def _loss_factor(self, accumulate: int) -> int:
+        """The divisor mmengine's OptimWrapper applies to this iteration's loss (see ``scale_loss``)."""
+        if accumulate == 1:
+            return 1
+        remainder = self._max_iters % accumulate
+        return accumulate if self._iter < self._max_iters - remainder else remainder
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+        print_log(f"received signal {signum}: finishing the current step, then saving", logger="current")
+
+    def _save_and_raise(self, reason: str) -> None:
+        from xtune.engine.hooks.checkpoint import AtomicCheckpointHook
+
+        saved = None
+        for hook in self.runner.hooks:
+            if isinstance(hook, AtomicCheckpointHook):
+                hook.save_now(self.runner)
+                saved = hook.last_ckpt
+        where = f"checkpoint saved at {saved}" if saved else "no checkpoint hook, nothing saved"
+        raise TrainingInterrupted(
+            f"{reason} at iteration {self._iter}; {where}. Resume with: xtune train CONFIG --resume auto "
+            f"--work-dir {self.runner.work_dir}"
+        )
+
+    # ----------------------------------------------------------------------------- running
+    def run(self):
+        from xtune.engine.hooks.rng import RNGStateHook
+
+        self.runner.call_hook("before_train")
+        self.runner.call_hook("before_train_epoch")
+        if self._iter > 0:
+            print_log(f"resuming: skipping the {self._iter} micro-batches already trained", logger="current")
+            for _ in range(self._iter):
+                next(self.dataloader_iterator)
+        for hook in self.runner.hooks:
+            if isinstance(hook, RNGStateHook):
+                hook.restore()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._run_steps()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.runner.call_hook("after_train_epoch")
+        self.runner.call_hook("after_train")
+        return self.runner.model
+
+    def _run_steps(self) -> None:
+        accumulate = self.runner.optim_wrapper._accumulative_counts
+        world = get_world_size()
+        while self._iter < self._max_iters and not self.stop_training:
+            group_end = min(self._iter - self._iter % accumulate + accumulate, self._max_iters)
+            batches = [next(self.dataloader_iterator) for _ in range(group_end - self._iter)]
+            tokens = torch.tensor(float(sum(count_trained_tokens(b["labels"]) for b in batches)))
+            if is_distributed():
+                all_reduce(tokens, op="sum")
+            # mmengine divides each loss by the loss factor and DDP averages over ranks: undo both.
+            scale = self._loss_factor(accumulate) * world / max(float(tokens), 1.0)
+            for batch in batches:
+                self.runner.model.train()
+                batch["loss_scale"] = scale
+                self.run_iter(batch)
+                loss = self.runner.message_hub.get_scalar("train/loss").current()
+                if not math.isfinite(loss):
+                    self._save_nothing_and_raise_nan(loss)
+            if self._stop_signal is not None:
+                self._save_and_raise(f"stopped by signal {self._stop_signal}")
+
+    def _save_nothing_and_raise_nan(self, loss: float) -> None:
+        raise TrainingInterrupted(
+            f"the loss became {loss} at iteration {self._iter}; the last good checkpoint is kept in "
+            f"{self.runner.work_dir}. Lower lr, use fp32/bf16 instead of fp16, or check the data, then resume "
+            "with --resume auto."
+        )

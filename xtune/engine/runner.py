@@ -1,0 +1,94 @@
+"""The Runner: mmengine's, with atomic checkpoint writes and resume under ``weights_only=True``."""
+
+import contextlib
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner import Runner
+
+from xtune.errors import CheckpointError
+from xtune.registry import RUNNERS
+
+
+def _numpy_globals() -> list:
+    """The numpy pieces that mmengine's message hub pickles (arrays and scalars in HistoryBuffers)."""
+    names = [np.ndarray, np.dtype, np.float64, np.float32, np.int64, np.int32, np.bool_]
+    names += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    core = getattr(np, "_core", None) or np.core
+    names += [core.multiarray._reconstruct, core.multiarray.scalar]
+    return names
+
+
+# Everything an xtune/mmengine checkpoint holds besides tensors and plain containers. torch.load runs
+# with weights_only=True: a checkpoint that needs anything else is refused rather than executed.
+CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_globals()]
+
+
+def safe_loading():
+    """A context in which ``torch.load`` (weights_only) accepts mmengine's checkpoint contents."""
+    return torch.serialization.safe_globals(CHECKPOINT_GLOBALS)
+
+
+def load_checkpoint_file(path: str, map_location: str = "cpu") -> dict:
+    """Load an xtune checkpoint file safely, with a clear error for missing or damaged files.
+
+    Raises:
+        CheckpointError: The file is missing, truncated, or not a checkpoint.
+    """
+    if not osp.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}. Pass a file from the work dir, e.g. iter_100.pth.")
+    try:
+        with safe_loading():
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({first}). It may be truncated (an interrupted copy or save) "
+            "or not an xtune checkpoint; use an earlier iter_*.pth."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not an xtune/mmengine checkpoint: it has no 'state_dict'.")
+    return checkpoint
+
+
+@RUNNERS.register_module()
+class XtuneRunner(Runner):
+    """mmengine's Runner with crash-safe checkpoint writes and safe resume."""
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
+        """Write to ``<filename>.tmp`` and rename, so a crash never leaves a half-written checkpoint."""
+        tmp_name = f"{filename}.tmp"
+        super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
+        tmp, final = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
+        if osp.exists(tmp):
+            os.replace(tmp, final)
+
+    def build_param_scheduler(self, scheduler):
+        """Convert epoch-based scheduler spans to iterations here, dropping spans shorter than one
+        iteration (a 3% warmup of a 20-iteration run), which mmengine would reject."""
+        if isinstance(scheduler, list) and self._train_loop is not None:
+            length = len(self.train_dataloader)
+            converted = []
+            for item in scheduler:
+                item = dict(item) if isinstance(item, dict) else item
+                if isinstance(item, dict) and item.get("by_epoch") and item.pop("convert_to_iter_based", False):
+                    begin = round(float(item.get("begin", 0)) * length)
+                    end = round(float(item.get("end", self.max_epochs)) * length)
+                    if end <= begin:
+                        continue
+                    item.update(begin=begin, end=end, by_epoch=False)
+                converted.append(item)
+            scheduler = converted
+        return super().build_param_scheduler(scheduler)
+
+    def load_checkpoint(self, filename: str, *args, **kwargs):
+        with safe_loading():
+            return super().load_checkpoint(filename, *args, **kwargs)
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        load_checkpoint_file(filename)  # a clear error for a damaged file before mmengine's own
+        with safe_loading(), contextlib.nullcontext():
+            super().resume(filename, *args, **kwargs)

@@ -1,0 +1,5 @@
+"""Models: the finetuning wrapper and its loss."""
+
+from xtune.model.finetune import SupervisedFinetune
+
+__all__ = ["SupervisedFinetune"]

@@ -1,0 +1,176 @@
+"""The causal LM that xtune trains, with its finetuning type applied.
+
+``full`` trains every weight; ``freeze`` the last N decoder layers and named modules; ``lora``/``dora``
+wrap linear layers with peft adapters; ``qlora`` loads the base in 4 bits (bitsandbytes) first.
+Checkpoints of every type but ``full`` hold only the trainable weights.
+"""
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModel
+from transformers import AutoModelForCausalLM
+
+from xtune.errors import ConfigError, XtuneError
+from xtune.model.loss import shifted_token_loss_sum
+from xtune.registry import MODELS
+
+FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LORA_DEFAULTS = {"r": 64, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": "all-linear", "modules_to_save": None}
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` becomes bf16 on a GPU that supports it, fp32 elsewhere."""
+    if dtype == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{dtype}'.")
+    return dtype
+
+
+@MODELS.register_module()
+class SupervisedFinetune(BaseModel):
+    """A Hugging Face causal LM prepared for one finetuning type.
+
+    Args:
+        pretrained_model_name_or_path: Model directory or hub name.
+        finetune_type: One of ``full``, ``freeze``, ``lora``, ``dora``, ``qlora``.
+        dtype: ``auto``, ``bf16``, ``fp16`` or ``fp32``: the dtype the weights are loaded in.
+        lora: peft LoRA settings (``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``,
+            ``modules_to_save``) for lora, dora and qlora.
+        freeze: For ``freeze``: ``trainable_layers`` (the last N decoder layers) and
+            ``trainable_modules`` (name substrings, e.g. ``["lm_head"]``).
+        quantization: For ``qlora``: ``bnb_4bit_quant_type`` (nf4|fp4), ``bnb_4bit_use_double_quant``,
+            ``bnb_4bit_quant_storage``.
+        gradient_checkpointing: ``True``, ``False`` or ``"auto"`` (on for models over 1B parameters).
+        attn_implementation: ``auto`` (sdpa), or any transformers attention implementation.
+        trust_remote_code: Run the model repository's own code. Off unless a config sets it.
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str,
+        finetune_type: str = "lora",
+        dtype: str = "auto",
+        lora: dict | None = None,
+        freeze: dict | None = None,
+        quantization: dict | None = None,
+        gradient_checkpointing: bool | str = "auto",
+        attn_implementation: str = "auto",
+        trust_remote_code: bool = False,
+        data_preprocessor: dict | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor)
+        if finetune_type not in FINETUNE_TYPES:
+            raise ConfigError(f"model.finetune_type must be one of {FINETUNE_TYPES}, got '{finetune_type}'.")
+        self.finetune_type = finetune_type
+        self.dtype = resolve_dtype(dtype)
+        self.pretrained_model_name_or_path = pretrained_model_name_or_path
+        self.llm = self._load(pretrained_model_name_or_path, quantization, attn_implementation, trust_remote_code)
+        self.llm.config.use_cache = False
+        if self._want_checkpointing(gradient_checkpointing):
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if finetune_type == "freeze":
+            self._apply_freeze(freeze or {})
+        elif finetune_type in ("lora", "dora", "qlora"):
+            self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
+        trainable = sum(p.numel() for p in self.llm.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.llm.parameters())
+        print_log(f"{finetune_type}: {trainable:,} trainable of {total:,} parameters", logger="current")
+
+    # ----------------------------------------------------------------------------- building
+    def _load(self, path: str, quantization: dict | None, attn: str, trust_remote_code: bool):
+        kwargs = {
+            "dtype": DTYPES[self.dtype],
+            "attn_implementation": "sdpa" if attn == "auto" else attn,
+            "trust_remote_code": trust_remote_code,
+        }
+        if self.finetune_type == "qlora":
+            kwargs.update(self._quantization_kwargs(quantization or {}))
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot load the model '{path}': {str(exc).splitlines()[0]}. "
+                "Set pretrained_model_name_or_path to a Hugging Face model directory or hub name."
+            ) from None
+
+    def _quantization_kwargs(self, quantization: dict) -> dict:
+        if not torch.cuda.is_available():
+            raise XtuneError(
+                "qlora needs a CUDA GPU: bitsandbytes' 4-bit layers do not train on this machine's CPU. "
+                "Use a lora config here, or run the qlora config on a GPU."
+            )
+        from transformers import BitsAndBytesConfig
+
+        settings = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, **quantization}
+        settings["bnb_4bit_compute_dtype"] = DTYPES[self.dtype]
+        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, **settings)}
+
+    def _want_checkpointing(self, setting: bool | str) -> bool:
+        if setting == "auto":
+            return sum(p.numel() for p in self.llm.parameters()) > 1_000_000_000
+        return bool(setting)
+
+    def _apply_freeze(self, freeze: dict) -> None:
+        layers_to_train = int(freeze.get("trainable_layers", 2))
+        modules = list(freeze.get("trainable_modules", []))
+        layers = self.llm.get_decoder().layers
+        if layers_to_train > len(layers):
+            raise ConfigError(
+                f"model.freeze.trainable_layers is {layers_to_train} but the model has {len(layers)} layers."
+            )
+        self.llm.requires_grad_(False)
+        for layer in list(layers)[len(layers) - layers_to_train :]:
+            layer.requires_grad_(True)
+        for name, module in self.llm.named_modules():
+            if any(pattern in name for pattern in modules):
+                module.requires_grad_(True)
+
+    def _apply_lora(self, settings: dict, use_dora: bool) -> None:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if self.finetune_type == "qlora":
+            self.llm = prepare_model_for_kbit_training(
+                self.llm, use_gradient_checkpointing=self.llm.is_gradient_checkpointing
+            )
+        config = LoraConfig(task_type="CAUSAL_LM", use_dora=use_dora, **settings)
+        self.llm = get_peft_model(self.llm, config)
+
+    # ----------------------------------------------------------------------------- running
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        loss_scale: float | None = None,
+        num_tokens: torch.Tensor | None = None,
+        mode: str = "loss",
+    ):
+        """``mode="loss"``: the summed token loss times ``loss_scale`` (default: 1 / trained tokens).
+
+        ``position_ids`` without ``attention_mask`` marks packed rows: positions restart at each sample.
+        ``num_tokens`` (the batch's real tokens, for throughput logging) is not used here.
+        """
+        outputs = self.llm(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        if mode != "loss":
+            return outputs.logits
+        loss_sum, count = shifted_token_loss_sum(outputs.logits, labels)
+        scale = loss_scale if loss_scale is not None else 1.0 / max(int(count), 1)
+        return {"loss": loss_sum * scale}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self, *args, **kwargs) -> dict:
+        """All weights for ``full``; only the trainable ones for every other type."""
+        state = super().state_dict(*args, **kwargs)
+        if self.finetune_type == "full":
+            return state
+        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        return {key: value for key, value in state.items() if key in trainable}
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint; for partial types, missing keys are the frozen base weights."""
+        return super().load_state_dict(state_dict, strict=strict and self.finetune_type == "full", assign=assign)
