@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``xtune`` with ``argv``; returns (and, from the console script, exits with) the status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what was typed, for commands that start worker processes with the same arguments
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

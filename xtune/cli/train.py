@@ -1,14 +1,19 @@
 """``xtune train``: build the Runner from a config and train."""
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from xtune.cli.configs import add_cfg_options
 from xtune.config import find_config, load_config, parse_cfg_options
 from xtune.errors import ConfigError
+
+
+_RUN_IDS = itertools.count()
 
 
 def add_parser(sub, name: str, text: str) -> None:
@@ -49,7 +54,7 @@ def launch_workers(argv: list[str]) -> int:
         f"--node_rank={env.get('NODE_RANK', '0')}",
         f"--master_addr={env.get('ADDR', env.get('MASTER_ADDR', '127.0.0.1'))}",
         f"--master_port={env.get('PORT', env.get('MASTER_PORT', _free_port()))}",
-        "-m", "xtune.cli", "train", *argv, "--launcher", "pytorch",
+        "-m", "xtune", "train", *argv, "--launcher", "pytorch",
     ]
     return subprocess.call(command)
 
@@ -61,6 +66,9 @@ def prepare_config(args: argparse.Namespace):
     path = find_config(args.config)
     cfg = load_config(path, parse_cfg_options(args.cfg_options))
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
+    # Unique per run: mmengine keys its logger and message hub by experiment name, and two runs in one
+    # process within the same second would otherwise share them.
+    cfg.experiment_name = f"{path.stem}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_{next(_RUN_IDS)}"
     if args.seed is not None:
         cfg.randomness["seed"] = args.seed
     cfg.launcher = args.launcher
@@ -94,8 +102,7 @@ def _resume_target(resume: str, work_dir: str) -> tuple[bool, str | None]:
 
 def train(args: argparse.Namespace) -> int:
     if _wants_workers(args):
-        argv = [a for a in sys.argv[2:]] if sys.argv[1:2] == ["train"] else [args.config]
-        return launch_workers(argv)
+        return launch_workers(args.argv[1:])
     cfg = prepare_config(args)
     import xtune.engine  # noqa: F401  (registers the runner, loop and hooks)
     from xtune.registry import RUNNERS

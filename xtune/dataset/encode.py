@@ -12,6 +12,8 @@ the sample predicts it, which keeps packed rows from training across sample boun
 
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from xtune.errors import DataError
 
 IGNORE_INDEX = -100
@@ -106,17 +108,39 @@ def labels_from_spans(
     return labels
 
 
-def encode_conversations(tokenizer, samples: list[dict], options: EncodeOptions) -> list[dict]:
+def encode_conversations(
+    tokenizer, samples: list[dict], options: EncodeOptions, where: list[str] | None = None, skip_bad: bool = False
+) -> list[dict]:
     """Encode a batch of conversation samples.
+
+    Args:
+        tokenizer: A fast tokenizer with a chat template.
+        samples: Conversation samples (see :mod:`xtune.dataset.schema`).
+        options: Length and masking options.
+        where: Each sample's origin ("file, row n"), for error messages.
+        skip_bad: Mark samples the template cannot render as dropped instead of raising.
 
     Returns:
         One dict per sample: ``input_ids``, ``labels``, and ``status`` ("" ok, "truncated", or
         "dropped: <reason>").
+
+    Raises:
+        DataError: The chat template cannot render a sample (e.g. a role it does not support).
     """
-    texts, all_spans = [], []
-    for sample in samples:
+    texts, all_spans, failed = [], [], {}
+    for index, sample in enumerate(samples):
         messages = sample["messages"]
-        text, spans = assistant_spans(tokenizer, messages, sample.get("tools"))
+        try:
+            text, spans = assistant_spans(tokenizer, messages, sample.get("tools"))
+        except (TemplateError, DataError) as exc:
+            origin = where[index] if where else f"sample {index}"
+            if not skip_bad:
+                raise DataError(
+                    f"{origin}: the chat template cannot render this conversation: {exc}. Fix the row, pick "
+                    "another prompt_template, or set skip_bad_rows=True."
+                ) from None
+            failed[index] = f"dropped: template error ({str(exc)[:80]})"
+            text, spans = "", []
         if options.mask_history and spans:
             spans = spans[-1:]
         if options.train_on_prompt:
@@ -125,7 +149,10 @@ def encode_conversations(tokenizer, samples: list[dict], options: EncodeOptions)
         all_spans.append(spans)
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     results = []
-    for ids, offsets, spans in zip(encoded["input_ids"], encoded["offset_mapping"], all_spans):
+    for index, (ids, offsets, spans) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], all_spans)):
+        if index in failed:
+            results.append({"input_ids": [], "labels": [], "status": failed[index]})
+            continue
         labels = labels_from_spans(ids, offsets, spans)
         results.append(_finish(list(ids), labels, options))
     return results

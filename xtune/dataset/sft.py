@@ -217,7 +217,7 @@ def _process_batch(batch: dict, spec, tokenizer, options, placeholders, skip_bad
     names = list(batch)
     rows = [dict(zip(names, values)) for values in zip(*batch.values())]
     out = {"input_ids": [], "labels": [], "length": [], "trained": [], "status": []}
-    samples, dropped = [], []
+    samples, dropped, where = [], [], []
     for row in rows:
         try:
             sample = convert_row(row, spec)
@@ -227,8 +227,13 @@ def _process_batch(batch: dict, spec, tokenizer, options, placeholders, skip_bad
             dropped.append(f"dropped: bad row ({str(exc).split(':')[-1].strip()[:80]})")
             continue
         samples.append(fill_placeholders(sample, placeholders) if placeholders else sample)
-    encode = encode_texts if spec.data_format == "text" else encode_conversations
-    results = encode(tokenizer, samples, options) if samples else []
+        where.append(f"{row.get('_source', spec.path)}, row {row.get('_row', '?')}")
+    if not samples:
+        results = []
+    elif spec.data_format == "text":
+        results = encode_texts(tokenizer, samples, options)
+    else:
+        results = encode_conversations(tokenizer, samples, options, where=where, skip_bad=skip_bad_rows)
     for reason in dropped:
         results.append({"input_ids": [], "labels": [], "status": reason})
     for result in results:

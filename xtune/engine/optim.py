@@ -10,7 +10,10 @@ from xtune.registry import OPTIM_WRAPPERS
 @OPTIM_WRAPPERS.register_module()
 def DtypeOptimWrapper(optimizer: torch.optim.Optimizer, dtype: str = "auto", **kwargs) -> OptimWrapper:  # noqa: N802
     """fp32: a plain OptimWrapper; bf16/fp16: an AmpOptimWrapper autocasting to that dtype (fp16 adds loss
-    scaling). ``kwargs`` (``accumulative_counts``, ``clip_grad``) go to the wrapper."""
+    scaling). ``kwargs`` (``accumulative_counts``, ``clip_grad``) go to the wrapper; a ``clip_grad``
+    whose ``max_norm`` is None turns clipping off."""
+    if kwargs.get("clip_grad") is not None and kwargs["clip_grad"].get("max_norm") is None:
+        kwargs["clip_grad"] = None  # max_norm = None turns clipping off
     resolved = resolve_dtype(dtype)
     if resolved == "fp32":
         return OptimWrapper(optimizer=optimizer, **kwargs)

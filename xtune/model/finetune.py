@@ -169,7 +169,9 @@ class SupervisedFinetune(BaseModel):
         if self.finetune_type == "full":
             return state
         trainable = {name for name, param in self.named_parameters() if param.requires_grad}
-        return {key: value for key, value in state.items() if key in trainable}
+        for key in [key for key in state if key not in trainable]:
+            del state[key]  # in place: the OrderedDict keeps the _metadata mmengine's saver reads
+        return state
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Load a checkpoint; for partial types, missing keys are the frozen base weights."""

@@ -1,0 +1,93 @@
+"""Token ids equal apply_chat_template; labels cover exactly the assistant turns."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from xtune.dataset.encode import IGNORE_INDEX, EncodeOptions, encode_conversations, encode_texts
+from xtune.testing.tiny_models import tiny_tokenizer_dir
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": "",
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": '{"temp": 21}'},
+    {"role": "assistant", "content": "It is 21 degrees."},
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You are welcome."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+
+
+def _trained_text(tokenizer, result) -> list[str]:
+    """Decode each maximal run of trained tokens."""
+    runs, run = [], []
+    for token, label in zip(result["input_ids"], result["labels"]):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            runs.append(tokenizer.decode(run))
+            run = []
+    if run:
+        runs.append(tokenizer.decode(run))
+    return runs
+
+
+def test_ids_equal_apply_chat_template_with_tools(tokenizer):
+    (result,) = encode_conversations(tokenizer, [{"messages": CONVERSATION, "tools": TOOLS}], EncodeOptions())
+    expected = tokenizer.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=True, return_dict=False)
+    assert result["input_ids"] == list(expected)
+
+
+def test_exactly_the_assistant_turns_are_trained(tokenizer):
+    (result,) = encode_conversations(tokenizer, [{"messages": CONVERSATION, "tools": TOOLS}], EncodeOptions())
+    runs = _trained_text(tokenizer, result)
+    assert len(runs) == 3
+    assert runs[0].startswith("<tool_call>") and '"Paris"' in runs[0] and runs[0].endswith("<|im_end|>")
+    assert runs[1] == "It is 21 degrees.<|im_end|>"
+    assert runs[2] == "You are welcome.<|im_end|>"
+    text = tokenizer.decode([t for t, lab in zip(result["input_ids"], result["labels"]) if lab != IGNORE_INDEX])
+    for untrained in ("You are terse.", "Paris?", '{"temp": 21}', "Thanks!", "assistant\n"):
+        assert untrained not in text
+
+
+def test_mask_history_trains_only_the_last_turn(tokenizer):
+    sample = {"messages": CONVERSATION, "tools": TOOLS}
+    (result,) = encode_conversations(tokenizer, [sample], EncodeOptions(mask_history=True))
+    assert _trained_text(tokenizer, result) == ["You are welcome.<|im_end|>"]
+
+
+def test_train_on_prompt_trains_everything_but_the_first_token(tokenizer):
+    sample = {"messages": CONVERSATION[:3] + CONVERSATION[3:5], "tools": None}
+    (result,) = encode_conversations(tokenizer, [sample], EncodeOptions(train_on_prompt=True))
+    assert result["labels"][0] == IGNORE_INDEX
+    assert result["labels"][1:] == result["input_ids"][1:]
+
+
+def test_truncation_is_counted_and_drop_drops(tokenizer):
+    sample = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 200}]}
+    (cut,) = encode_conversations(tokenizer, [sample], EncodeOptions(max_length=32))
+    assert cut["status"] == "truncated" and len(cut["input_ids"]) == 32
+    (dropped,) = encode_conversations(tokenizer, [sample], EncodeOptions(max_length=32, truncation="drop"))
+    assert dropped["status"].startswith("dropped") and dropped["input_ids"] == []
+
+
+def test_sample_without_trained_tokens_after_truncation_is_dropped(tokenizer):
+    sample = {"messages": [{"role": "user", "content": "long " * 100}, {"role": "assistant", "content": "ok"}]}
+    (result,) = encode_conversations(tokenizer, [sample], EncodeOptions(max_length=16))
+    assert result["status"] == "dropped: no trained tokens (after truncation)"
+
+
+def test_pretraining_text_trains_every_token_and_ends_with_eos(tokenizer):
+    (result,) = encode_texts(tokenizer, [{"text": "Plain text for pretraining."}], EncodeOptions())
+    assert result["input_ids"][-1] == tokenizer.eos_token_id
+    assert result["labels"][1:] == result["input_ids"][1:]
+    assert result["labels"][0] == IGNORE_INDEX
