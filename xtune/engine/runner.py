@@ -13,23 +13,48 @@ from xtune.errors import CheckpointError
 from xtune.registry import RUNNERS
 
 
-def _numpy_globals() -> list:
-    """The numpy pieces that mmengine's message hub pickles (arrays and scalars in HistoryBuffers)."""
-    names = [np.ndarray, np.dtype, np.float64, np.float32, np.int64, np.int32, np.bool_]
-    names += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    core = getattr(np, "_core", None) or np.core
-    names += [core.multiarray._reconstruct, core.multiarray.scalar]
-    return names
-
-
-# Everything an xtune/mmengine checkpoint holds besides tensors and plain containers. torch.load runs
-# with weights_only=True: a checkpoint that needs anything else is refused rather than executed.
-CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_globals()]
+# torch.load always runs with weights_only=True. mmengine's checkpoints pickle its HistoryBuffer objects
+# (whose state holds bound methods, i.e. `getattr`) and numpy scalars, which weights_only rightly
+# refuses. xtune writes the message hub as plain lists and numbers instead (see
+# XtuneRunner.call_hook) and rebuilds the buffers on load, so nothing but tensors and containers
+# needs allowing. Checkpoints written by plain mmengine are refused with a clear error.
+CHECKPOINT_GLOBALS: list = []
 
 
 def safe_loading():
-    """A context in which ``torch.load`` (weights_only) accepts mmengine's checkpoint contents."""
+    """A context in which ``torch.load`` (weights_only) accepts xtune's checkpoint contents."""
     return torch.serialization.safe_globals(CHECKPOINT_GLOBALS)
+
+
+def _plain(value):
+    """numpy scalars and arrays as Python numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def message_hub_to_plain(state: dict) -> dict:
+    """The message hub's state with every HistoryBuffer as a dict of lists (loadable with weights_only)."""
+    scalars = {}
+    for key, buffer in state.get("log_scalars", {}).items():
+        logs, counts = buffer.data
+        scalars[key] = {"log": _plain(logs), "count": _plain(counts), "max_length": buffer.max_length}
+    return {**state, "log_scalars": scalars, "runtime_info": _plain(state.get("runtime_info", {}))}
+
+
+def message_hub_from_plain(state: dict) -> dict:
+    """Inverse of :func:`message_hub_to_plain`."""
+    scalars = {}
+    for key, value in state.get("log_scalars", {}).items():
+        scalars[key] = HistoryBuffer(value["log"], value["count"], value["max_length"]) if isinstance(value, dict) \
+            else value
+    return {**state, "log_scalars": scalars}
 
 
 def load_checkpoint_file(path: str, map_location: str = "cpu") -> dict:
@@ -57,6 +82,15 @@ def load_checkpoint_file(path: str, map_location: str = "cpu") -> dict:
 @RUNNERS.register_module()
 class XtuneRunner(Runner):
     """mmengine's Runner with crash-safe checkpoint writes and safe resume."""
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        """Store the message hub as plain data in checkpoints, and rebuild it when one is loaded."""
+        checkpoint = kwargs.get("checkpoint")
+        if fn_name == "before_save_checkpoint" and "message_hub" in checkpoint:
+            checkpoint["message_hub"] = message_hub_to_plain(checkpoint["message_hub"])
+        if fn_name == "after_load_checkpoint" and "message_hub" in checkpoint:
+            checkpoint["message_hub"] = message_hub_from_plain(checkpoint["message_hub"])
+        super().call_hook(fn_name, **kwargs)
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         """Write to ``<filename>.tmp`` and rename, so a crash never leaves a half-written checkpoint."""

@@ -137,6 +137,13 @@ class SupervisedFinetune(BaseModel):
         config = LoraConfig(task_type="CAUSAL_LM", use_dora=use_dora, **settings)
         self.llm = get_peft_model(self.llm, config)
 
+    def init_weights(self) -> None:
+        """Nothing to initialise: weights come from the checkpoint and adapters from peft.
+
+        mmengine's Runner calls ``init_weights`` on every child that has one, and transformers' own
+        ``init_weights`` would re-draw weights the checkpoint lacks, LoRA's zero-initialised B included.
+        """
+
     # ----------------------------------------------------------------------------- running
     def forward(
         self,
