@@ -23,6 +23,10 @@ COMMANDS = [
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)  # keep "Example:" lines
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # argparse's usage errors: one line plus usage, exit 2
         self.print_usage(sys.stderr)
         self.exit(2, f"xtune: error: {message}\n")

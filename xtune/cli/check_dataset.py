@@ -13,7 +13,7 @@ SHOW = ("text", "masked_text", "input_ids", "labels")
 
 
 def add_parser(sub, name: str, text: str) -> None:
-    p = sub.add_parser(name, help=text, description=f"{text}. Example: xtune check-dataset "
+    p = sub.add_parser(name, help=text, description=f"{text}.\n\nExample: xtune check-dataset "
                        "tiny_llama_lora_identity_e3 --num 2 --show masked_text --dump rows.jsonl")
     p.add_argument("config", help="config name or path")
     add_cfg_options(p)

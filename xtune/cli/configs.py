@@ -15,18 +15,18 @@ def add_cfg_options(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(sub, name: str, text: str) -> None:
     if name == "list-cfg":
-        p = sub.add_parser(name, help=text, description=f"{text}. Example: xtune list-cfg -p tiny")
+        p = sub.add_parser(name, help=text, description=f"{text}.\n\nExample: xtune list-cfg -p tiny")
         p.add_argument("-p", "--pattern", help="show only names containing this text")
         p.set_defaults(func=list_cfg)
     elif name == "copy-cfg":
         p = sub.add_parser(name, help=text,
-                           description=f"{text}. Example: xtune copy-cfg tiny_llama_lora_identity_e3 my_configs/")
+                           description=f"{text}.\n\nExample: xtune copy-cfg tiny_llama_lora_identity_e3 my_configs/")
         p.add_argument("name", help="config name (see xtune list-cfg) or path")
         p.add_argument("dir", help="folder to write NAME_copy.py into")
         p.set_defaults(func=copy_cfg)
     else:
         p = sub.add_parser(name, help=text,
-                           description=f"{text}. Example: xtune print-config tiny_llama_lora_identity_e3 "
+                           description=f"{text}.\n\nExample: xtune print-config tiny_llama_lora_identity_e3 "
                            "--cfg-options lr=1e-5")
         p.add_argument("config", help="config name or path")
         add_cfg_options(p)

@@ -18,7 +18,7 @@ _RUN_IDS = itertools.count()
 
 def add_parser(sub, name: str, text: str) -> None:
     p = sub.add_parser(name, help=text,
-                       description=f"{text}. Example: xtune train tiny_llama_lora_identity_e3 --work-dir runs/demo")
+                       description=f"{text}.\n\nExample: xtune train tiny_llama_lora_identity_e3 --work-dir runs/demo")
     p.add_argument("config", help="config name (see xtune list-cfg) or path")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default ./work_dirs/<config name>)")
     p.add_argument("--deepspeed", help="zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path")
