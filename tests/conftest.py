@@ -28,11 +28,13 @@ def alpaca_file(tmp_path_factory) -> Path:
     """16 alpaca rows of different lengths, some with input."""
     rows = []
     for i in range(16):
-        rows.append({
-            "instruction": f"Question number {i}: what is {i} plus {i}?" + " Explain." * (i % 4),
-            "input": "Show the steps." if i % 3 == 0 else "",
-            "output": f"{i} plus {i} is {2 * i}." + " That is the answer." * (i % 5),
-        })
+        rows.append(
+            {
+                "instruction": f"Question number {i}: what is {i} plus {i}?" + " Explain." * (i % 4),
+                "input": "Show the steps." if i % 3 == 0 else "",
+                "output": f"{i} plus {i} is {2 * i}." + " That is the answer." * (i % 5),
+            }
+        )
     path = tmp_path_factory.mktemp("data") / "alpaca16.json"
     path.write_text(json.dumps(rows))
     return path

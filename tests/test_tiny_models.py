@@ -33,9 +33,7 @@ TOOL_CONVERSATION = [
     {
         "role": "assistant",
         "content": "",
-        "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}
-        ],
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}],
     },
     {"role": "tool", "content": '{"temperature": 21}'},
     {"role": "assistant", "content": "北京现在 21°C。"},
@@ -127,9 +125,7 @@ def test_every_openai_demo_row_renders(tokenizer):
 
 def test_shipped_tokenizer_is_what_the_script_builds(tokenizer):
     # Editing the demo data without re-running tools/make_tiny_model.py makes the shipped assets stale.
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_model", REPO_ROOT / "tools" / "make_tiny_model.py"
-    )
+    spec = importlib.util.spec_from_file_location("make_tiny_model", REPO_ROOT / "tools" / "make_tiny_model.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     rebuilt = script.build_tokenizer()

@@ -213,9 +213,7 @@ def main() -> None:
     _pin_tokenizer_class(args.out / "tokenizer_config.json")
     model.save_pretrained(args.out)  # transformers >= 5 always writes model.safetensors
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"wrote {args.out}: vocab {len(tokenizer)} (model {model.config.vocab_size}), {n_params:,} parameters"
-    )
+    print(f"wrote {args.out}: vocab {len(tokenizer)} (model {model.config.vocab_size}), {n_params:,} parameters")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtune", locations=["xt
 # Datasets that turn data files into token ids, labels and packed rows.
 DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, scope="xtune", locations=["xtune.dataset"])
 # Samplers (length-grouped, resumable).
-DATA_SAMPLERS = Registry(
-    "data sampler", parent=MMENGINE_DATA_SAMPLERS, scope="xtune", locations=["xtune.dataset"]
-)
+DATA_SAMPLERS = Registry("data sampler", parent=MMENGINE_DATA_SAMPLERS, scope="xtune", locations=["xtune.dataset"])
 # Collate functions (padding, packed rows).
 FUNCTIONS = Registry("function", parent=MMENGINE_FUNCTIONS, scope="xtune", locations=["xtune.dataset"])
 # Training hooks (throughput, evaluate-chat, loss curve, dataset info, RNG state).
@@ -36,11 +34,11 @@ LOOPS = Registry("loop", parent=MMENGINE_LOOPS, scope="xtune", locations=["xtune
 RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope="xtune", locations=["xtune.engine"])
 # Optimizers and their wrappers (mmengine's and torch's are found through the parents).
 OPTIMIZERS = Registry("optimizer", parent=MMENGINE_OPTIMIZERS, scope="xtune", locations=["xtune.engine"])
-OPTIM_WRAPPERS = Registry(
-    "optim wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope="xtune", locations=["xtune.engine"]
-)
+OPTIM_WRAPPERS = Registry("optim wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope="xtune", locations=["xtune.engine"])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
-    "optimizer wrapper constructor", parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, scope="xtune",
+    "optimizer wrapper constructor",
+    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
+    scope="xtune",
     locations=["xtune.engine"],
 )
 PARAM_SCHEDULERS = Registry(

@@ -69,8 +69,12 @@ def test_list_cfg_filters(capsys):
 @pytest.mark.parametrize("pack", [True, False])
 def test_check_dataset_dump_respects_max_length(tmp_path, pack, capsys):
     dump = tmp_path / "rows.jsonl"
-    assert main(["check-dataset", TINY, "--cfg-options", "max_length=77", f"pack_to_max_length={pack}",
-                 "--dump", str(dump)]) == 0
+    assert (
+        main(
+            ["check-dataset", TINY, "--cfg-options", "max_length=77", f"pack_to_max_length={pack}", "--dump", str(dump)]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     assert rows and all(len(r["input_ids"]) <= 77 and len(r["labels"]) == len(r["input_ids"]) for r in rows)
     assert all(("position_ids" in r) == pack for r in rows)
@@ -92,8 +96,10 @@ def test_copy_cfg_then_train_the_copy(tmp_path, capsys):
     assert copy.exists() and "_base_" not in copy.read_text()
     assert main(["copy-cfg", TINY, str(tmp_path / "mine")]) == 2  # never overwrites
     work = tmp_path / "work"
-    assert main(["train", str(copy), "--work-dir", str(work), "--cfg-options", "max_epochs=1",
-                 "evaluation_inputs=[]"]) == 0
+    assert (
+        main(["train", str(copy), "--work-dir", str(work), "--cfg-options", "max_epochs=1", "evaluation_inputs=[]"])
+        == 0
+    )
     assert (work / "last_checkpoint").exists()
     assert (work / f"{TINY}_copy.py").exists()  # the resolved config is saved in the work dir
     assert (work / "loss_curve.png").exists()

@@ -6,14 +6,24 @@ from transformers import AutoTokenizer
 from xtune.dataset.encode import IGNORE_INDEX, EncodeOptions, encode_conversations, encode_texts
 from xtune.testing.tiny_models import tiny_tokenizer_dir
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": "",
-     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+    },
     {"role": "tool", "content": '{"temp": 21}'},
     {"role": "assistant", "content": "It is 21 degrees."},
     {"role": "user", "content": "Thanks!"},

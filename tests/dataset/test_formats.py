@@ -33,9 +33,7 @@ def user(text: str) -> dict:
 def assistant(text: str, calls: list | None = None) -> dict:
     message = {"role": "assistant", "content": text}
     if calls is not None:
-        message["tool_calls"] = [
-            {"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls
-        ]
+        message["tool_calls"] = [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]
     return message
 
 
@@ -322,19 +320,13 @@ def test_jsonl_rows_are_named_by_line():
 
 def test_non_string_content():
     expect_error(row(instruction="q", output=42), "alpaca", "column 'output' must be a string, got int")
-    expect_error(
-        row(conversations=[human("q"), gpt(["a"])]), "sharegpt", "turn 2 (gpt) content must be a string"
-    )
+    expect_error(row(conversations=[human("q"), gpt(["a"])]), "sharegpt", "turn 2 (gpt) content must be a string")
     parts = [{"type": "text", "text": "hi"}]
-    expect_error(
-        row(messages=[{"role": "user", "content": parts}]), "openai", "turn 1 (user) content must be"
-    )
+    expect_error(row(messages=[{"role": "user", "content": parts}]), "openai", "turn 1 (user) content must be")
 
 
 def test_unknown_role():
-    expect_error(
-        row(conversations=[{"from": "bot", "value": "a"}]), "sharegpt", "turn 1 has unknown role 'bot'"
-    )
+    expect_error(row(conversations=[{"from": "bot", "value": "a"}]), "sharegpt", "turn 1 has unknown role 'bot'")
     expect_error(row(messages=[{"role": "function", "content": "a"}]), "openai", "unknown role 'function'")
 
 
@@ -344,9 +336,7 @@ def test_missing_role_key_points_to_openai_format():
 
 
 def test_assistant_first():
-    expect_error(
-        row(conversations=[gpt("a"), human("q"), gpt("b")]), "sharegpt", "turn 1 is an assistant turn"
-    )
+    expect_error(row(conversations=[gpt("a"), human("q"), gpt("b")]), "sharegpt", "turn 1 is an assistant turn")
 
 
 def test_two_users_in_a_row():
@@ -380,9 +370,7 @@ def test_conversation_must_end_with_assistant():
 
 def test_empty_conversation_and_empty_turns():
     expect_error(row(conversations=[]), "sharegpt", "empty conversation")
-    expect_error(
-        row(messages=[{"role": "system", "content": "s"}]), "openai", "empty conversation (no user turn)"
-    )
+    expect_error(row(messages=[{"role": "system", "content": "s"}]), "openai", "empty conversation (no user turn)")
     expect_error(row(conversations=[human("q"), gpt("  ")]), "sharegpt", "turn 2 (assistant) is empty")
     expect_error(row(instruction="q", output=""), "alpaca", "column 'output' is empty")
 
@@ -394,9 +382,7 @@ def test_system_turn_in_the_middle():
 
 def test_bad_function_call_json():
     bad = {"from": "function_call", "value": '{"name": "get_time", "arguments": '}
-    expect_error(
-        row(conversations=[human("q"), bad, gpt("a")]), "sharegpt", "turn 2 (function_call) is not valid JSON"
-    )
+    expect_error(row(conversations=[human("q"), bad, gpt("a")]), "sharegpt", "turn 2 (function_call) is not valid JSON")
     bad_args = {"from": "function_call", "value": json.dumps({"name": "f", "arguments": "{city: Paris}"})}
     expect_error(row(conversations=[human("q"), bad_args]), "sharegpt", "arguments are not valid JSON")
     no_name = {"from": "function_call", "value": json.dumps({"arguments": {}})}
@@ -406,9 +392,7 @@ def test_bad_function_call_json():
         "content": None,
         "tool_calls": [{"function": {"name": "f", "arguments": "["}}],
     }
-    expect_error(
-        row(messages=[user("q"), openai_bad]), "openai", "turn 2 tool call 1: arguments are not valid JSON"
-    )
+    expect_error(row(messages=[user("q"), openai_bad]), "openai", "turn 2 tool call 1: arguments are not valid JSON")
 
 
 def test_bad_tools_column():

@@ -72,9 +72,7 @@ def test_json_file_holding_json_lines_is_accepted(tmp_path):
 def test_nested_values_come_back_exactly_as_written(tmp_path):
     # Arrow would merge all tools' keys into one struct (adding null properties) and reject mixed types.
     tools_a = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}]
-    tools_b = json.dumps(
-        [{"name": "g", "parameters": {"type": "object", "properties": {"y": {"enum": [1]}}}}]
-    )
+    tools_b = json.dumps([{"name": "g", "parameters": {"type": "object", "properties": {"y": {"enum": [1]}}}}])
     rows = [
         {"conversations": [{"from": "human", "value": "q"}], "tools": tools_a, "score": 1},
         {"conversations": [{"from": "human", "value": "q", "weight": 0}], "tools": tools_b, "score": "high"},
@@ -136,9 +134,7 @@ def test_folder_of_parquet_files(tmp_path):
 
 
 def test_fifty_thousand_rows_load_and_convert_quickly(tmp_path):
-    rows = [
-        {"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}." * 10} for i in range(50_000)
-    ]
+    rows = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}." * 10} for i in range(50_000)]
     file = write_jsonl(tmp_path / "big.jsonl", rows)
     start = time.perf_counter()
     spec = resolve_dataset(str(file))
@@ -262,9 +258,7 @@ def test_user_registry_resolves_paths_relative_to_itself(tmp_path):
         },
     )
     spec = resolve_dataset("qa", dataset_info=str(registry))
-    assert spec == DatasetSpec(
-        "qa", str(data_dir / "qa.json"), "alpaca", {"instruction": "q", "output": "a"}, {}
-    )
+    assert spec == DatasetSpec("qa", str(data_dir / "qa.json"), "alpaca", {"instruction": "q", "output": "a"}, {})
     samples, _ = convert_rows(load_rows(spec), spec)
     assert samples[0]["messages"][1] == {"role": "assistant", "content": "Rome"}
     assert resolve_dataset("prefs", dataset_info=str(registry)).data_format == "preference"

@@ -173,9 +173,7 @@ def test_qwen3_keeps_reasoning_only_after_the_last_query():
 
 def test_qwen3_enable_thinking_false_prefills_an_empty_think_block():
     prompt = render("qwen3", THINKING[:3], add_generation_prompt=True, enable_thinking=False)
-    assert prompt.endswith(
-        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-    )
+    assert prompt.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
 def test_deepseek_drops_reasoning_from_assistant_turns():
@@ -216,9 +214,7 @@ TOOL_CONVERSATION = [
     {
         "role": "assistant",
         "content": "",
-        "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-        ],
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
     },
     {"role": "tool", "content": '{"temp": 21}'},
     {"role": "assistant", "content": "It is 21 degrees."},
@@ -331,9 +327,7 @@ def test_set_chat_template_auto_keeps_the_tokenizers_template():
 
 
 def test_set_chat_template_auto_without_a_template_asks_for_a_builtin():
-    with pytest.raises(
-        ConfigError, match="Set prompt_template to one of the built-in templates: default, chatml"
-    ):
+    with pytest.raises(ConfigError, match="Set prompt_template to one of the built-in templates: default, chatml"):
         set_chat_template(make_tokenizer("<s>", "</s>"), "auto")
 
 

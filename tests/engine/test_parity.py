@@ -18,14 +18,23 @@ LORA = "tiny_llama_lora_identity_e3"
 
 
 def _options(model, data, **extra) -> dict:
-    return {**PARITY_OPTIONS, "pretrained_model_name_or_path": str(model), "data_path": str(data),
-            "data_format": "alpaca", "prompt_template": "auto", "max_length": 512, **extra}
+    return {
+        **PARITY_OPTIONS,
+        "pretrained_model_name_or_path": str(model),
+        "data_path": str(data),
+        "data_format": "alpaca",
+        "prompt_template": "auto",
+        "max_length": 512,
+        **extra,
+    }
 
 
 def _batches(model, data, batch_size: int) -> list[dict]:
     dataset = SFTDataset(str(data), str(model), data_format="alpaca", max_length=512, pack_to_max_length=False)
-    return [sft_collate_fn([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-            for i in range(0, len(dataset), batch_size)]
+    return [
+        sft_collate_fn([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        for i in range(0, len(dataset), batch_size)
+    ]
 
 
 def _plain_loop(model, batches, epochs: int, lr: float) -> list[float]:
@@ -43,8 +52,14 @@ def _plain_loop(model, batches, epochs: int, lr: float) -> list[float]:
 
 def test_full_finetuning_matches_plain_transformers(tiny_llama, alpaca_file, tmp_path):
     # 16 rows, batch 2, 2 epochs: 16 optimizer steps
-    assert train(FULL, tmp_path, _options(tiny_llama, alpaca_file, batch_size=2, accumulative_counts=1,
-                                          lr=1e-3, max_epochs=2)) == 0
+    assert (
+        train(
+            FULL,
+            tmp_path,
+            _options(tiny_llama, alpaca_file, batch_size=2, accumulative_counts=1, lr=1e-3, max_epochs=2),
+        )
+        == 0
+    )
     ours = final_weights(tmp_path)
     plain = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     before = {k: v.clone() for k, v in plain.state_dict().items()}
@@ -59,24 +74,32 @@ def test_lora_matches_plain_peft(tiny_llama, alpaca_file, tmp_path):
     from xtune.cli.train import prepare_config
     from xtune.registry import RUNNERS
 
-    options = _options(tiny_llama, alpaca_file, batch_size=4, accumulative_counts=1, lr=1e-2, max_epochs=2,
-                       **{"model.lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                                         "target_modules": "all-linear"}})
+    options = _options(
+        tiny_llama,
+        alpaca_file,
+        batch_size=4,
+        accumulative_counts=1,
+        lr=1e-2,
+        max_epochs=2,
+        **{"model.lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}},
+    )
     from xtune.cli import build_parser
     from xtune.testing.training import cfg_options
 
-    args = build_parser().parse_args(["train", LORA, "--work-dir", str(tmp_path), "--cfg-options",
-                                      *cfg_options(options)])
+    args = build_parser().parse_args(
+        ["train", LORA, "--work-dir", str(tmp_path), "--cfg-options", *cfg_options(options)]
+    )
     runner = RUNNERS.build(prepare_config(args))
-    initial = {k[len("llm."):]: v.clone() for k, v in runner.model.state_dict().items()}
+    initial = {k[len("llm.") :]: v.clone() for k, v in runner.model.state_dict().items()}
     assert initial and all("lora_" in k for k in initial)  # only adapter weights are trainable and saved
     runner.train()
     ours = final_weights(tmp_path)
     xtune_losses = json.loads((tmp_path / "loss.json").read_text())["loss"]
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    plain = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0,
-                                            target_modules="all-linear"))
+    plain = get_peft_model(
+        base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+    )
     plain.load_state_dict(initial, strict=False)
     plain_losses = _plain_loop(plain, _batches(tiny_llama, alpaca_file, 4), epochs=2, lr=1e-2)
     assert xtune_losses[0] == pytest.approx(plain_losses[0], abs=1e-6)
@@ -90,10 +113,22 @@ def test_lora_matches_plain_peft(tiny_llama, alpaca_file, tmp_path):
 def test_packed_rows_train_like_one_padded_batch(tiny_llama, alpaca_file, tmp_path):
     # All 16 samples fit one packed row of 2048 tokens; unpacked, they are one batch of 16.
     common = {"accumulative_counts": 1, "lr": 1e-3, "max_epochs": 3, "max_length": 2048}
-    assert train(FULL, tmp_path / "packed", _options(tiny_llama, alpaca_file, pack_to_max_length=True,
-                                                     batch_size=1, **common)) == 0
-    assert train(FULL, tmp_path / "padded", _options(tiny_llama, alpaca_file, pack_to_max_length=False,
-                                                     batch_size=16, **common)) == 0
+    assert (
+        train(
+            FULL,
+            tmp_path / "packed",
+            _options(tiny_llama, alpaca_file, pack_to_max_length=True, batch_size=1, **common),
+        )
+        == 0
+    )
+    assert (
+        train(
+            FULL,
+            tmp_path / "padded",
+            _options(tiny_llama, alpaca_file, pack_to_max_length=False, batch_size=16, **common),
+        )
+        == 0
+    )
     packed, padded = final_weights(tmp_path / "packed"), final_weights(tmp_path / "padded")
     assert len(json.loads((tmp_path / "packed" / "loss.json").read_text())["loss"]) == 3  # one row per step
     assert max_difference(packed, padded) < 1e-5
@@ -101,8 +136,12 @@ def test_packed_rows_train_like_one_padded_batch(tiny_llama, alpaca_file, tmp_pa
 
 def test_accumulation_equals_a_bigger_batch(tiny_llama, alpaca_file, tmp_path):
     common = {"lr": 1e-3, "max_epochs": 1}
-    assert train(FULL, tmp_path / "acc", _options(tiny_llama, alpaca_file, batch_size=2, accumulative_counts=2,
-                                                  **common)) == 0
-    assert train(FULL, tmp_path / "big", _options(tiny_llama, alpaca_file, batch_size=4, accumulative_counts=1,
-                                                  **common)) == 0
+    assert (
+        train(FULL, tmp_path / "acc", _options(tiny_llama, alpaca_file, batch_size=2, accumulative_counts=2, **common))
+        == 0
+    )
+    assert (
+        train(FULL, tmp_path / "big", _options(tiny_llama, alpaca_file, batch_size=4, accumulative_counts=1, **common))
+        == 0
+    )
     assert max_difference(final_weights(tmp_path / "acc"), final_weights(tmp_path / "big")) < 1e-5

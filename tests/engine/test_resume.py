@@ -22,10 +22,20 @@ def _options(model, data) -> dict:
     # Shuffled, with LoRA dropout and a warmup+cosine schedule: resume must restore the sampler position,
     # the RNG (dropout masks), the optimizer and the scheduler to end on the same weights.
     return {
-        "pretrained_model_name_or_path": str(model), "data_path": str(data), "data_format": "alpaca",
-        "dtype": "fp32", "batch_size": 2, "accumulative_counts": 2, "max_epochs": 12, "lr": 1e-3,
-        "warmup_ratio": 0.1, "save_steps": 2, "save_total_limit": 2, "evaluation_inputs": [],
-        "model.lora.lora_dropout": 0.1, "max_length": 256,
+        "pretrained_model_name_or_path": str(model),
+        "data_path": str(data),
+        "data_format": "alpaca",
+        "dtype": "fp32",
+        "batch_size": 2,
+        "accumulative_counts": 2,
+        "max_epochs": 12,
+        "lr": 1e-3,
+        "warmup_ratio": 0.1,
+        "save_steps": 2,
+        "save_total_limit": 2,
+        "evaluation_inputs": [],
+        "model.lora.lora_dropout": 0.1,
+        "max_length": 256,
     }
 
 
@@ -46,8 +56,17 @@ def test_kill_minus_9_then_resume_auto_ends_on_the_same_weights(tiny_llama, alpa
     reference = final_weights(tmp_path / "straight")
 
     work = tmp_path / "killed"
-    command = [sys.executable, "-m", "xtune", "train", LORA, "--work-dir", str(work),
-               "--cfg-options", *cfg_options(options)]
+    command = [
+        sys.executable,
+        "-m",
+        "xtune",
+        "train",
+        LORA,
+        "--work-dir",
+        str(work),
+        "--cfg-options",
+        *cfg_options(options),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(work / "last_checkpoint", process)
     os.kill(process.pid, signal.SIGKILL)

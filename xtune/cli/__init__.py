@@ -35,8 +35,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = _Parser(prog="xtune", description="Fine-tune open LLMs from config files.",
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="xtune",
+        description="Fine-tune open LLMs from config files.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module, text in COMMANDS:
         importlib.import_module(module).add_parser(sub, name, text)

@@ -13,13 +13,21 @@ SHOW = ("text", "masked_text", "input_ids", "labels")
 
 
 def add_parser(sub, name: str, text: str) -> None:
-    p = sub.add_parser(name, help=text, description=f"{text}.\n\nExample: xtune check-dataset "
-                       "tiny_llama_lora_identity_e3 --num 2 --show masked_text --dump rows.jsonl")
+    p = sub.add_parser(
+        name,
+        help=text,
+        description=f"{text}.\n\nExample: xtune check-dataset "
+        "tiny_llama_lora_identity_e3 --num 2 --show masked_text --dump rows.jsonl",
+    )
     p.add_argument("config", help="config name or path")
     add_cfg_options(p)
     p.add_argument("--num", type=int, default=1, help="how many processed rows to show (default 1)")
-    p.add_argument("--show", choices=SHOW, default="masked_text",
-                   help="how to show rows: text, masked_text (untrained parts marked), input_ids, labels")
+    p.add_argument(
+        "--show",
+        choices=SHOW,
+        default="masked_text",
+        help="how to show rows: text, masked_text (untrained parts marked), input_ids, labels",
+    )
     p.add_argument("--dump", metavar="FILE.jsonl", help="write every processed row as one JSON object per line")
     p.set_defaults(func=check_dataset)
 

@@ -9,8 +9,13 @@ from xtune.paths import CONFIG_DIR
 
 
 def add_cfg_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override top-level knobs or nested keys, e.g. lr=1e-5 model.lora.r=8")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override top-level knobs or nested keys, e.g. lr=1e-5 model.lora.r=8",
+    )
 
 
 def add_parser(sub, name: str, text: str) -> None:
@@ -19,15 +24,18 @@ def add_parser(sub, name: str, text: str) -> None:
         p.add_argument("-p", "--pattern", help="show only names containing this text")
         p.set_defaults(func=list_cfg)
     elif name == "copy-cfg":
-        p = sub.add_parser(name, help=text,
-                           description=f"{text}.\n\nExample: xtune copy-cfg tiny_llama_lora_identity_e3 my_configs/")
+        p = sub.add_parser(
+            name, help=text, description=f"{text}.\n\nExample: xtune copy-cfg tiny_llama_lora_identity_e3 my_configs/"
+        )
         p.add_argument("name", help="config name (see xtune list-cfg) or path")
         p.add_argument("dir", help="folder to write NAME_copy.py into")
         p.set_defaults(func=copy_cfg)
     else:
-        p = sub.add_parser(name, help=text,
-                           description=f"{text}.\n\nExample: xtune print-config tiny_llama_lora_identity_e3 "
-                           "--cfg-options lr=1e-5")
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=f"{text}.\n\nExample: xtune print-config tiny_llama_lora_identity_e3 --cfg-options lr=1e-5",
+        )
         p.add_argument("config", help="config name or path")
         add_cfg_options(p)
         p.set_defaults(func=print_config)

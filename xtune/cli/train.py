@@ -12,20 +12,24 @@ from xtune.cli.configs import add_cfg_options
 from xtune.config import find_config, load_config, parse_cfg_options
 from xtune.errors import ConfigError
 
-
 _RUN_IDS = itertools.count()
 
 
 def add_parser(sub, name: str, text: str) -> None:
-    p = sub.add_parser(name, help=text,
-                       description=f"{text}.\n\nExample: xtune train tiny_llama_lora_identity_e3 --work-dir runs/demo")
+    p = sub.add_parser(
+        name, help=text, description=f"{text}.\n\nExample: xtune train tiny_llama_lora_identity_e3 --work-dir runs/demo"
+    )
     p.add_argument("config", help="config name (see xtune list-cfg) or path")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default ./work_dirs/<config name>)")
     p.add_argument("--deepspeed", help="zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path")
     p.add_argument("--resume", help="'auto' (newest checkpoint in the work dir, if any) or a checkpoint path")
     p.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none",
-                   help="set by an outer launcher (torchrun, srun); xtune starts workers itself otherwise")
+    p.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm"],
+        default="none",
+        help="set by an outer launcher (torchrun, srun); xtune starts workers itself otherwise",
+    )
     add_cfg_options(p)
     p.set_defaults(func=train)
 
@@ -48,13 +52,20 @@ def launch_workers(argv: list[str]) -> int:
     """Start ``NPROC_PER_NODE`` workers on this node with torchrun, run by this Python."""
     env = os.environ
     command = [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         f"--nproc_per_node={env.get('NPROC_PER_NODE', '1')}",
         f"--nnodes={env.get('NNODES', '1')}",
         f"--node_rank={env.get('NODE_RANK', '0')}",
         f"--master_addr={env.get('ADDR', env.get('MASTER_ADDR', '127.0.0.1'))}",
         f"--master_port={env.get('PORT', env.get('MASTER_PORT', _free_port()))}",
-        "-m", "xtune", "train", *argv, "--launcher", "pytorch",
+        "-m",
+        "xtune",
+        "train",
+        *argv,
+        "--launcher",
+        "pytorch",
     ]
     return subprocess.call(command)
 

@@ -47,9 +47,7 @@ def _render(tokenizer, messages: list[dict], tools, add_generation_prompt: bool 
 def _end_of_turn_suffix(tokenizer) -> str:
     """What the template writes right after an assistant message's content (e.g. ``<|im_end|>``)."""
     sentinel = "XTUNE_SENTINEL_7"
-    text = _render(
-        tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], None
-    )
+    text = _render(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], None)
     return text[text.find(sentinel) + len(sentinel) :].rstrip()
 
 
@@ -91,9 +89,7 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
     return full, spans
 
 
-def labels_from_spans(
-    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
-) -> list[int]:
+def labels_from_spans(input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
     """Label a token when its characters overlap a trained span; -100 elsewhere."""
     labels = [IGNORE_INDEX] * len(input_ids)
     span_index = 0
@@ -164,11 +160,7 @@ def encode_texts(tokenizer, samples: list[dict], options: EncodeOptions) -> list
     results = []
     for ids in encoded["input_ids"]:
         ids = list(ids)
-        if (
-            options.add_eos
-            and tokenizer.eos_token_id is not None
-            and (not ids or ids[-1] != tokenizer.eos_token_id)
-        ):
+        if options.add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids.append(tokenizer.eos_token_id)
         results.append(_finish(ids, list(ids), options))
     return results

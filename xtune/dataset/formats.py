@@ -266,9 +266,7 @@ def _openai_messages(turns: list[Any], where: str) -> tuple[list[dict], list[int
                 _fail(where, f"turn {i}: tool_calls must be a list, got {_type(calls)}", "Write a JSON list")
             content = turn.get("content")
             message = {"role": role, "content": "" if content is None else _content(content, where, i, role)}
-            message["tool_calls"] = [
-                _tool_call(c, where, f"turn {i} tool call {k}") for k, c in enumerate(calls, 1)
-            ]
+            message["tool_calls"] = [_tool_call(c, where, f"turn {i} tool call {k}") for k, c in enumerate(calls, 1)]
         else:
             message = {"role": role, "content": _content(turn.get("content"), where, i, role)}
         messages.append(message)
@@ -392,9 +390,7 @@ def _reply(row: dict[str, Any], spec: DatasetSpec, name: str, where: str) -> dic
     messages, _ = _parse_turns([value], spec, where)
     message = messages[0]
     if message["role"] != "assistant":
-        _fail(
-            where, f"column '{column}' is a {message['role']} turn", "chosen/rejected must be assistant turns"
-        )
+        _fail(where, f"column '{column}' is a {message['role']} turn", "chosen/rejected must be assistant turns")
     if not message["content"].strip() and not message.get("tool_calls"):
         _fail(where, f"column '{column}' is empty", "Fill it in, or drop the row")
     return message

@@ -115,9 +115,7 @@ def load_dataset_info(path: str | None = None) -> dict[str, dict[str, Any]]:
     if not file.is_file():
         if path is None:
             return {}
-        raise ConfigError(
-            f"dataset registry {file} not found. Pass the path of an existing dataset_info.json."
-        )
+        raise ConfigError(f"dataset registry {file} not found. Pass the path of an existing dataset_info.json.")
     try:
         info = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -139,9 +137,7 @@ def _check_entry(file: Path, name: str, entry: Any) -> None:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}. Valid keys: {', '.join(ENTRY_KEYS)}.")
     if ("file_name" in entry) == ("hf_hub_url" in entry):
-        raise ConfigError(
-            f"{where}: give exactly one of 'file_name' (a local file) or 'hf_hub_url' (a Hub name)."
-        )
+        raise ConfigError(f"{where}: give exactly one of 'file_name' (a local file) or 'hf_hub_url' (a Hub name).")
     for key in ("file_name", "hf_hub_url", "split", "description"):
         if key in entry and not isinstance(entry[key], str):
             raise ConfigError(f"{where}: '{key}' must be a string, got {entry[key]!r}.")
@@ -155,9 +151,7 @@ def _check_entry(file: Path, name: str, entry: Any) -> None:
 
 def _check_format(data_format: Any, where: str) -> str:
     if data_format not in FORMATS:
-        raise ConfigError(
-            f"{where}: unknown data format {data_format!r}. Valid formats: {', '.join(FORMATS)}."
-        )
+        raise ConfigError(f"{where}: unknown data format {data_format!r}. Valid formats: {', '.join(FORMATS)}.")
     return data_format
 
 
@@ -250,9 +244,7 @@ def _data_files(path: Path, name: str) -> list[Path]:
     """The data files of ``path``: itself, or a folder's data files (recursive, sorted, one format)."""
     if path.is_file():
         if path.suffix.lower() not in DATA_EXTENSIONS:
-            raise DataError(
-                f"{path}: unsupported file type {path.suffix!r}. Use one of {', '.join(DATA_EXTENSIONS)}."
-            )
+            raise DataError(f"{path}: unsupported file type {path.suffix!r}. Use one of {', '.join(DATA_EXTENSIONS)}.")
         return [path]
     files = sorted(
         p
@@ -410,9 +402,7 @@ def _reject_single_object(file: Path) -> None:
     except json.JSONDecodeError:
         return
     if isinstance(whole, dict):
-        raise DataError(
-            f"{file}: holds one JSON object, not rows. Wrap the rows in a list: [{{...}}, {{...}}]."
-        )
+        raise DataError(f"{file}: holds one JSON object, not rows. Wrap the rows in a list: [{{...}}, {{...}}].")
 
 
 def _dataset_from_rows(rows: list[dict[str, Any]], fingerprint: str) -> datasets.Dataset:
@@ -476,9 +466,7 @@ def _read_csv(file: Path) -> pa.Table:
             file, parse_options=pa_csv.ParseOptions(newlines_in_values=True), convert_options=convert
         )
     except pa.ArrowInvalid as err:
-        raise DataError(
-            f"{file}: invalid CSV: {err}. Fix the file (quote values that hold commas)."
-        ) from None
+        raise DataError(f"{file}: invalid CSV: {err}. Fix the file (quote values that hold commas).") from None
     return _with_location(table, file)
 
 

@@ -121,9 +121,7 @@ class SFTDataset(Dataset):
         else:
             digest.update(f"hub:{self.spec.path}:{self.spec.split}".encode())
         tok = self.tokenizer
-        digest.update(
-            tok.backend_tokenizer.to_str().encode() if tok.is_fast else repr(tok.get_vocab()).encode()
-        )
+        digest.update(tok.backend_tokenizer.to_str().encode() if tok.is_fast else repr(tok.get_vocab()).encode())
         settings = {
             "xtune": __version__,
             "format": self.spec.data_format,

@@ -1,10 +1,25 @@
 """Training engine: the runner, the loop and the hooks."""
 
-from xtune.engine.hooks import (AtomicCheckpointHook, DatasetInfoHook, EvaluateChatHook, LossCurveHook,
-                                RNGStateHook, ThroughputHook)
+from xtune.engine.hooks import (
+    AtomicCheckpointHook,
+    DatasetInfoHook,
+    EvaluateChatHook,
+    LossCurveHook,
+    RNGStateHook,
+    ThroughputHook,
+)
 from xtune.engine.loop import TrainLoop
 from xtune.engine.optim import DtypeOptimWrapper
 from xtune.engine.runner import XtuneRunner
 
-__all__ = ["AtomicCheckpointHook", "DatasetInfoHook", "EvaluateChatHook", "LossCurveHook", "RNGStateHook",
-           "ThroughputHook", "TrainLoop", "XtuneRunner", "DtypeOptimWrapper"]
+__all__ = [
+    "AtomicCheckpointHook",
+    "DatasetInfoHook",
+    "EvaluateChatHook",
+    "LossCurveHook",
+    "RNGStateHook",
+    "ThroughputHook",
+    "TrainLoop",
+    "XtuneRunner",
+    "DtypeOptimWrapper",
+]

@@ -4,8 +4,8 @@ import os.path as osp
 import re
 from pathlib import Path
 
-from xtune.errors import CheckpointError
 from xtune.engine.runner import load_checkpoint_file
+from xtune.errors import CheckpointError
 
 _ITER = re.compile(r"iter_(\d+)\.pth$")
 

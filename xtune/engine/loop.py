@@ -56,8 +56,15 @@ class TrainLoop(IterBasedTrainLoop):
         val_interval: See ``IterBasedTrainLoop``.
     """
 
-    def __init__(self, runner, dataloader, max_epochs: int | None = None, max_iters: int | None = None,
-                 val_begin: int = 1, val_interval: int = 10**9) -> None:
+    def __init__(
+        self,
+        runner,
+        dataloader,
+        max_epochs: int | None = None,
+        max_iters: int | None = None,
+        val_begin: int = 1,
+        val_interval: int = 10**9,
+    ) -> None:
         if isinstance(dataloader, dict):
             diff_rank_seed = runner._randomness_cfg.get("diff_rank_seed", False)
             dataloader = runner.build_dataloader(dataloader, seed=runner.seed, diff_rank_seed=diff_rank_seed)

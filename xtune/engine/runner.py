@@ -12,7 +12,6 @@ from mmengine.runner import Runner
 from xtune.errors import CheckpointError
 from xtune.registry import RUNNERS
 
-
 # torch.load always runs with weights_only=True. mmengine's checkpoints pickle its HistoryBuffer objects
 # (whose state holds bound methods, i.e. `getattr`) and numpy scalars, which weights_only rightly
 # refuses. xtune writes the message hub as plain lists and numbers instead (see
@@ -52,8 +51,9 @@ def message_hub_from_plain(state: dict) -> dict:
     """Inverse of :func:`message_hub_to_plain`."""
     scalars = {}
     for key, value in state.get("log_scalars", {}).items():
-        scalars[key] = HistoryBuffer(value["log"], value["count"], value["max_length"]) if isinstance(value, dict) \
-            else value
+        scalars[key] = (
+            HistoryBuffer(value["log"], value["count"], value["max_length"]) if isinstance(value, dict) else value
+        )
     return {**state, "log_scalars": scalars}
 
 

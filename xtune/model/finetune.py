@@ -16,7 +16,13 @@ from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-LORA_DEFAULTS = {"r": 64, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": "all-linear", "modules_to_save": None}
+LORA_DEFAULTS = {
+    "r": 64,
+    "lora_alpha": 16,
+    "lora_dropout": 0.1,
+    "target_modules": "all-linear",
+    "modules_to_save": None,
+}
 
 
 def resolve_dtype(dtype: str) -> str:

@@ -101,9 +101,7 @@ def tiny_config(arch: str, tokenizer_dir: str | Path | None = None) -> Pretraine
     )
 
 
-def make_tiny_model(
-    arch: str, path: str | Path, *, seed: int = 0, tokenizer_dir: str | Path | None = None
-) -> Path:
+def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tokenizer_dir: str | Path | None = None) -> Path:
     """Write a random-init tiny ``arch`` model, with the tiny tokenizer, to ``path``.
 
     The same ``arch`` and ``seed`` always give identical weights; the caller's global torch RNG

@@ -6,5 +6,11 @@ from xtune.engine.hooks.info import DatasetInfoHook, LossCurveHook
 from xtune.engine.hooks.rng import RNGStateHook
 from xtune.engine.hooks.throughput import ThroughputHook
 
-__all__ = ["AtomicCheckpointHook", "DatasetInfoHook", "EvaluateChatHook", "LossCurveHook", "RNGStateHook",
-           "ThroughputHook"]
+__all__ = [
+    "AtomicCheckpointHook",
+    "DatasetInfoHook",
+    "EvaluateChatHook",
+    "LossCurveHook",
+    "RNGStateHook",
+    "ThroughputHook",
+]

@@ -26,8 +26,9 @@ class EvaluateChatHook(Hook):
 
     priority = "LOW"
 
-    def __init__(self, evaluation_inputs: list[str], every_n_iters: int = 0, max_new_tokens: int = 64,
-                 system: str | None = None) -> None:
+    def __init__(
+        self, evaluation_inputs: list[str], every_n_iters: int = 0, max_new_tokens: int = 64, system: str | None = None
+    ) -> None:
         self.inputs = list(evaluation_inputs)
         self.every = every_n_iters
         self.max_new_tokens = max_new_tokens
@@ -58,8 +59,12 @@ class EvaluateChatHook(Hook):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
             out = llm.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
             )
             answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

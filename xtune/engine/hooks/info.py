@@ -68,8 +68,10 @@ class LossCurveHook(Hook):
         figure, axis = plt.subplots(figsize=(7, 4))
         axis.plot(self.steps, self.losses, alpha=0.4, label="loss")
         window = max(1, len(self.losses) // 20)
-        smooth = [sum(self.losses[max(0, i - window + 1) : i + 1]) / len(self.losses[max(0, i - window + 1) : i + 1])
-                  for i in range(len(self.losses))]
+        smooth = [
+            sum(self.losses[max(0, i - window + 1) : i + 1]) / len(self.losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(self.losses))
+        ]
         axis.plot(self.steps, smooth, label=f"moving mean ({window})")
         axis.set_xlabel("iteration")
         axis.set_ylabel("loss")

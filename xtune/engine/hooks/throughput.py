@@ -8,8 +8,16 @@ from mmengine.hooks import Hook
 from xtune.registry import HOOKS
 
 # Dense bf16 peak FLOP/s of common training GPUs (vendor datasheets, without sparsity).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12, "H800": 989e12, "L40S": 362e12,
-              "4090": 165e12, "A10": 125e12}
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "H800": 989e12,
+    "L40S": 362e12,
+    "4090": 165e12,
+    "A10": 125e12,
+}
 
 
 def device_peak_flops() -> float | None:

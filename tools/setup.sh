@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with xtune and its dependencies (idempotent). torch goes first, pinned: a bare `torch`
+# requirement would pull a multi-GB CUDA build onto CPU-only machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import xtune, torch, transformers, peft, mmengine, deepspeed" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "torch==${XTUNE_TORCH_VERSION:-2.13.0}"
+  .venv/bin/python -m pip install -q -e ".[dev,deepspeed]"
+fi
