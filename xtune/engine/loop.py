@@ -23,6 +23,27 @@ class TrainingInterrupted(XtuneError):
     """Training stopped on a signal or a non-finite loss; the message says how to resume."""
 
 
+def schedulers_in_iterations(schedulers, epoch_length: int, max_epochs: int):
+    """Scheduler configs with epoch spans converted to iterations.
+
+    Spans shorter than one iteration (a 3% warmup of a 20-iteration run) are dropped instead of
+    reaching mmengine, which rejects them. Built schedulers and non-list values pass through.
+    """
+    if not isinstance(schedulers, list):
+        return schedulers
+    converted = []
+    for item in schedulers:
+        if isinstance(item, dict) and item.get("by_epoch") and item.get("convert_to_iter_based"):
+            item = {k: v for k, v in item.items() if k != "convert_to_iter_based"}
+            begin = round(float(item.get("begin", 0)) * epoch_length)
+            end = round(float(item.get("end", max_epochs)) * epoch_length)
+            if end <= begin:
+                continue
+            item.update(begin=begin, end=end, by_epoch=False)
+        converted.append(item)
+    return converted
+
+
 class _EpochIterator:
     """Cycles through a dataloader forever, telling its sampler each new epoch."""
 
@@ -77,6 +98,10 @@ class TrainLoop(IterBasedTrainLoop):
         self._max_epochs = max_epochs if max_epochs is not None else math.ceil(iters / len(dataloader))
         self.dataloader_iterator = _EpochIterator(self.dataloader)
         self._stop_signal: int | None = None
+        # Runners build their schedulers after the loop: give them spans in iterations.
+        runner.param_schedulers = schedulers_in_iterations(
+            runner.param_schedulers, len(self.dataloader), self._max_epochs
+        )
 
     # ----------------------------------------------------------------------------- helpers
     def _loss_factor(self, accumulate: int) -> int:

@@ -100,24 +100,6 @@ class XtuneRunner(Runner):
         if osp.exists(tmp):
             os.replace(tmp, final)
 
-    def build_param_scheduler(self, scheduler):
-        """Convert epoch-based scheduler spans to iterations here, dropping spans shorter than one
-        iteration (a 3% warmup of a 20-iteration run), which mmengine would reject."""
-        if isinstance(scheduler, list) and self._train_loop is not None:
-            length = len(self.train_dataloader)
-            converted = []
-            for item in scheduler:
-                item = dict(item) if isinstance(item, dict) else item
-                if isinstance(item, dict) and item.get("by_epoch") and item.pop("convert_to_iter_based", False):
-                    begin = round(float(item.get("begin", 0)) * length)
-                    end = round(float(item.get("end", self.max_epochs)) * length)
-                    if end <= begin:
-                        continue
-                    item.update(begin=begin, end=end, by_epoch=False)
-                converted.append(item)
-            scheduler = converted
-        return super().build_param_scheduler(scheduler)
-
     def load_checkpoint(self, filename: str, *args, **kwargs):
         with safe_loading():
             return super().load_checkpoint(filename, *args, **kwargs)
