@@ -2,7 +2,6 @@
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -133,14 +132,12 @@ def test_folder_of_parquet_files(tmp_path):
     assert load(tmp_path)["instruction"] == ["Add 1 and 2.", "Spell cat."]
 
 
-def test_fifty_thousand_rows_load_and_convert_quickly(tmp_path):
+def test_fifty_thousand_rows_load_and_convert_in_order(tmp_path):
+    # Speed is measured by tools/bench_data.py, not here; this checks that a large file loads whole and in order.
     rows = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}." * 10} for i in range(50_000)]
     file = write_jsonl(tmp_path / "big.jsonl", rows)
-    start = time.perf_counter()
     spec = resolve_dataset(str(file))
     samples, skipped = convert_rows(load_rows(spec), spec)
-    # Generous: about 2 s on a laptop; anything quadratic would take minutes.
-    assert time.perf_counter() - start < 20
     assert len(samples) == 50_000 and not skipped
     assert samples[-1]["messages"][0]["content"] == "Question 49999?"
 
