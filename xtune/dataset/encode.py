@@ -12,6 +12,7 @@ the sample predicts it, which keeps packed rows from training across sample boun
 
 from dataclasses import dataclass
 
+import numpy as np
 from jinja2 import TemplateError
 
 from xtune.errors import DataError
@@ -89,19 +90,25 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
     return full, spans
 
 
-def labels_from_spans(input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """Label a token when its characters overlap a trained span; -100 elsewhere."""
-    labels = [IGNORE_INDEX] * len(input_ids)
-    span_index = 0
-    for t, (start, end) in enumerate(offsets):
-        while span_index < len(spans) and spans[span_index][1] <= start:
-            span_index += 1
-        if span_index == len(spans):
-            break
-        span_start, span_end = spans[span_index]
-        if end > span_start and start < span_end and end > start:
-            labels[t] = input_ids[t]
-    return labels
+def labels_from_spans(input_ids, offsets, spans: list[tuple[int, int]]) -> list[int]:
+    """Label a token when its characters overlap a trained span; -100 elsewhere.
+
+    Args:
+        input_ids: Token ids.
+        offsets: ``(start, end)`` character offsets of each token.
+        spans: Sorted, non-overlapping ``(start, end)`` character spans to train.
+    """
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if not spans or not len(ids):
+        return [IGNORE_INDEX] * len(ids)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts = np.asarray([s for s, _ in spans])
+    ends = np.asarray([e for _, e in spans])
+    # the last span starting before each token's end; it overlaps the token when it ends after its start
+    index = np.searchsorted(starts, offsets[:, 1], side="left") - 1
+    valid = index >= 0
+    overlaps = valid & (ends[np.clip(index, 0, None)] > offsets[:, 0]) & (offsets[:, 1] > offsets[:, 0])
+    return np.where(overlaps, ids, IGNORE_INDEX).tolist()
 
 
 def encode_conversations(
@@ -143,15 +150,28 @@ def encode_conversations(
             spans = [(0, len(text))]
         texts.append(text)
         all_spans.append(spans)
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     results = []
-    for index, (ids, offsets, spans) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], all_spans)):
+    for index, (ids, offsets, spans) in enumerate(zip(*_tokenize(tokenizer, texts), all_spans)):
         if index in failed:
             results.append({"input_ids": [], "labels": [], "status": failed[index]})
             continue
         labels = labels_from_spans(ids, offsets, spans)
         results.append(_finish(list(ids), labels, options))
     return results
+
+
+def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Ids and character offsets, without special tokens (as apply_chat_template tokenises).
+
+    Fast tokenizers go straight to the Rust backend in one parallel batch; the transformers wrapper
+    around it costs more than the tokenisation itself.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return encoded["input_ids"], encoded["offset_mapping"]
 
 
 def encode_texts(tokenizer, samples: list[dict], options: EncodeOptions) -> list[dict]:
