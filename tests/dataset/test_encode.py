@@ -1,5 +1,7 @@
 """Token ids equal apply_chat_template; labels cover exactly the assistant turns."""
 
+import copy
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -101,3 +103,29 @@ def test_pretraining_text_trains_every_token_and_ends_with_eos(tokenizer):
     assert result["input_ids"][-1] == tokenizer.eos_token_id
     assert result["labels"][1:] == result["input_ids"][1:]
     assert result["labels"][0] == IGNORE_INDEX
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["chatml", "qwen2_5", "llama3", "llama2", "mistral", "phi3", "gemma", "yi", "internlm2", "deepseek", "default"],
+)
+def test_every_assistant_turn_ends_with_its_end_of_turn_token(tokenizer, name):
+    from xtune.dataset.templates import get_template
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = get_template(name).jinja
+    tok.add_special_tokens({"bos_token": "<s>"}) if tok.bos_token is None else None
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "second answer"},
+    ]
+    (result,) = encode_conversations(tok, [{"messages": messages}], EncodeOptions())
+    runs = _trained_text(tok, result)
+    assert len(runs) == 2
+    assert runs[0].strip().startswith("first answer") and runs[1].strip().startswith("second answer")
+    stops = [w for w in (*get_template(name).stop_words, tok.eos_token) if w.strip()]
+    if stops:  # both turns, not only the last, teach the model to stop
+        assert any(runs[0].rstrip().endswith(w) for w in stops), runs[0]
+        assert any(w in runs[1] for w in stops), runs[1]

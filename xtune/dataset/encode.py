@@ -10,6 +10,7 @@ Labels are stored unshifted (the model shifts). The first label of every sample 
 the sample predicts it, which keeps packed rows from training across sample boundaries.
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +71,15 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
             continue
         prefix = _render(tokenizer, messages[:i], tools, add_generation_prompt=True)
         upto = full if i == last else _render(tokenizer, messages[: i + 1], tools)
-        if full.startswith(upto) and upto.startswith(prefix) and len(prefix) >= cursor:
-            start, end = len(prefix), len(upto.rstrip())
+        # Where the conversation up to this turn stops agreeing with the whole conversation is the end of
+        # the turn: templates may close a conversation differently (e.g. phi3 adds eos at the very end).
+        agreed = upto[: len(os.path.commonprefix([upto, full]))]
+        opened = agreed.rfind("<")
+        if opened > agreed.rfind(">"):  # stopped inside a marker both share a beginning of ("<|user|>"/"<|end")
+            agreed = agreed[:opened]
+        end = len(agreed.rstrip())
+        if full.startswith(prefix) and upto.startswith(prefix) and len(prefix) >= cursor and end > len(prefix):
+            start = len(prefix)
         else:
             # The template rewrites earlier turns (e.g. drops reasoning from history): find the content.
             content = message.get("content") or ""
