@@ -102,6 +102,7 @@ class SFTDataset(Dataset):
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._key = self._compute_key()
         self.data = self._build_or_load(cache_root if cache else None)
         lengths = np.asarray(self.data["length"], dtype=np.int64)
         # Dropped rows stay in self.data (with their reason) for statistics; training skips them.
@@ -113,7 +114,10 @@ class SFTDataset(Dataset):
 
     # ----------------------------------------------------------------------------- building
     def cache_key(self) -> str:
-        """A digest of everything that decides the processed data."""
+        """A digest of everything that decided the processed data (computed when it was built)."""
+        return self._key
+
+    def _compute_key(self) -> str:
         digest = hashlib.sha256()
         path = Path(self.spec.path)
         if path.exists():
@@ -139,7 +143,7 @@ class SFTDataset(Dataset):
     def _build_or_load(self, cache_root: Path | None) -> datasets.Dataset:
         if cache_root is None:
             return self._process()
-        target = cache_root / self.cache_key()
+        target = cache_root / self._key
         if get_rank() == 0 and not (target / "dataset_info.json").exists():
             data = self._process()
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -185,6 +189,14 @@ class SFTDataset(Dataset):
             labels += sample_labels
             position_ids += range(len(ids))
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens in each item (row or packed row), for length-grouped sampling."""
+        lengths = self.data["length"]
+        if self.pack:
+            return [sum(lengths[i] for i in row) for row in self.rows]
+        return [lengths[int(i)] for i in self.valid]
 
     @property
     def metainfo(self) -> dict:
