@@ -13,6 +13,8 @@ from transformers import AutoModelForCausalLM
 from xtune.dataset import SFTDataset, sft_collate_fn
 from xtune.testing.training import PARITY_OPTIONS, final_weights, max_difference, train
 
+pytestmark = pytest.mark.slow
+
 FULL = "tiny_llama_full_identity_e3"
 LORA = "tiny_llama_lora_identity_e3"
 

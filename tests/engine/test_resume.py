@@ -15,6 +15,8 @@ from xtune.engine.runner import load_checkpoint_file
 from xtune.errors import CheckpointError
 from xtune.testing.training import cfg_options, final_weights, max_difference, train
 
+pytestmark = pytest.mark.slow
+
 LORA = "tiny_llama_lora_identity_e3"
 
 
