@@ -129,3 +129,23 @@ def test_every_assistant_turn_ends_with_its_end_of_turn_token(tokenizer, name):
     if stops:  # both turns, not only the last, teach the model to stop
         assert any(runs[0].rstrip().endswith(w) for w in stops), runs[0]
         assert any(w in runs[1] for w in stops), runs[1]
+
+
+def test_turns_without_an_end_token_get_a_trained_eos(tokenizer):
+    from xtune.dataset.templates import get_template
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = get_template("glm4").jinja
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "second answer"},
+    ]
+    (result,) = encode_conversations(tok, [{"messages": messages}], EncodeOptions())
+    runs = _trained_text(tok, result)
+    # (the tiny tokenizer merges the header's ">" with the content's leading newline into one token)
+    assert len(runs) == 2
+    assert runs[0].endswith("first answer" + tok.eos_token) and runs[1].endswith("second answer" + tok.eos_token)
+    plain = tok.apply_chat_template(messages, tokenize=True, return_dict=False)
+    assert [t for t in result["input_ids"] if t != tok.eos_token_id] == [t for t in plain if t != tok.eos_token_id]

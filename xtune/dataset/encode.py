@@ -158,14 +158,33 @@ def encode_conversations(
             spans = [(0, len(text))]
         texts.append(text)
         all_spans.append(spans)
+    # Templates whose assistant turns end with no token of their own (glm4: the next "<|user|>" ends a
+    # turn) would never teach the model to stop: append EOS, trained, after each trained turn, as
+    # LLaMA-Factory does. Such rows then differ from apply_chat_template by exactly those EOS tokens.
+    add_eos = not options.train_on_prompt and tokenizer.eos_token_id is not None and not _end_of_turn_suffix(tokenizer)
     results = []
     for index, (ids, offsets, spans) in enumerate(zip(*_tokenize(tokenizer, texts), all_spans)):
         if index in failed:
             results.append({"input_ids": [], "labels": [], "status": failed[index]})
             continue
         labels = labels_from_spans(ids, offsets, spans)
-        results.append(_finish(list(ids), labels, options))
+        ids = list(ids)
+        if add_eos:
+            ids, labels = _append_eos_after_spans(ids, labels, offsets, spans, tokenizer.eos_token_id)
+        results.append(_finish(ids, labels, options))
     return results
+
+
+def _append_eos_after_spans(ids, labels, offsets, spans, eos_id: int) -> tuple[list[int], list[int]]:
+    ends = sorted({max((t for t, (start, _) in enumerate(offsets) if start < end), default=-1) for _, end in spans})
+    out_ids, out_labels = [], []
+    for t, (token, label) in enumerate(zip(ids, labels)):
+        out_ids.append(token)
+        out_labels.append(label)
+        if t in ends:
+            out_ids.append(eos_id)
+            out_labels.append(eos_id)
+    return out_ids, out_labels
 
 
 def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
