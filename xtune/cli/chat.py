@@ -1,12 +1,152 @@
-"""``xtune chat``: being written (see its issue)."""
+"""``xtune chat``: talk to a model, a model plus adapter, or a training checkpoint."""
 
+import argparse
+import sys
+
+from xtune.cli.configs import add_cfg_options
 from xtune.errors import XtuneError
+
+EXAMPLES = (
+    "Examples: xtune chat merged_dir --prompt 'Who are you?' --temperature 0 | "
+    "xtune chat data/models/tiny_llama --adapter hf_adapter | "
+    "xtune chat --config work_dirs/demo/tiny_llama_lora_identity_e3.py "
+    "--checkpoint work_dirs/demo/iter_500.pth"
+)
+HELP_LINE = "Type a message; /reset clears the conversation, /exit or Ctrl-D leaves."
 
 
 def add_parser(sub, name: str, text: str) -> None:
-    p = sub.add_parser(name, help=text, description=text)
-    p.set_defaults(func=run)
+    p = sub.add_parser(name, help=text, description=f"{text}. {EXAMPLES}")
+    p.add_argument("model", nargs="?", help="a Hugging Face model folder or hub name (not with --config)")
+    p.add_argument("--adapter", help="a PEFT adapter folder to put on MODEL")
+    p.add_argument("--config", help="a training config: chat with --checkpoint without converting it")
+    p.add_argument("--checkpoint", help="a training checkpoint (with --config)")
+    add_cfg_options(p)
+    p.add_argument(
+        "--template",
+        default="auto",
+        help="chat template: a built-in name, or auto (default: the tokenizer's own, which "
+        "xtune convert sets to the training template); --config uses the config's",
+    )
+    p.add_argument("--system", help="system prompt")
+    p.add_argument(
+        "--prompt",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TEXT",
+        help="answer this prompt (each in a new conversation), print the answer and exit; repeatable",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    p.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)"
+    )
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the K likeliest tokens (default 50)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 discourages repeats")
+    p.add_argument(
+        "--stop-words",
+        nargs="+",
+        default=[],
+        metavar="WORD",
+        help="extra strings that end an answer (the template's are always used)",
+    )
+    p.add_argument(
+        "--bits", type=int, choices=[4, 8], help="load MODEL quantized (needs CUDA and bitsandbytes)"
+    )
+    p.add_argument("--device", default="auto", help="auto (default: cuda if present), cpu or cuda")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="auto = bf16 on a GPU that has it, fp32 on the CPU",
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="run MODEL's own modelling code")
+    p.set_defaults(func=chat)
 
 
-def run(args) -> int:
-    raise XtuneError("xtune chat is not available in this build yet.")
+def _check_args(args: argparse.Namespace) -> None:
+    if args.config or args.checkpoint:
+        if not (args.config and args.checkpoint):
+            raise XtuneError(
+                "--config and --checkpoint go together: xtune chat --config CFG --checkpoint PTH"
+            )
+        if args.model or args.adapter or args.bits:
+            raise XtuneError(
+                "pass either MODEL (with --adapter/--bits) or --config with --checkpoint, not both."
+            )
+        if args.template != "auto":
+            raise XtuneError("--template does not apply with --config: the config's prompt_template is used.")
+    elif not args.model:
+        raise XtuneError(f"pass a MODEL folder, or --config CFG --checkpoint PTH. {EXAMPLES}")
+    elif args.cfg_options:
+        raise XtuneError("--cfg-options applies only with --config.")
+    if args.max_new_tokens < 1:
+        raise XtuneError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+
+
+def chat(args: argparse.Namespace) -> int:
+    _check_args(args)
+    from xtune.chat.loading import load_checkpoint_for_chat, load_model_for_chat
+    from xtune.chat.session import ChatSession, GenerationSettings
+    from xtune.chat.stopping import template_stop_words
+    from xtune.config import parse_cfg_options
+
+    if args.config:
+        loaded = load_checkpoint_for_chat(
+            args.config,
+            args.checkpoint,
+            parse_cfg_options(args.cfg_options),
+            device=args.device,
+            dtype=args.dtype,
+        )
+    else:
+        loaded = load_model_for_chat(
+            args.model,
+            adapter=args.adapter,
+            template=args.template,
+            bits=args.bits,
+            device=args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+    )
+    stop_words = template_stop_words(loaded.tokenizer, loaded.template, args.stop_words)
+    session = ChatSession(loaded.model, loaded.tokenizer, stop_words, system=args.system, settings=settings)
+    if args.prompt:
+        for prompt in args.prompt:
+            session.reset()
+            print(session.ask(prompt), flush=True)
+        return 0
+    return interact(session)
+
+
+def interact(session, read=None) -> int:
+    """The interactive loop: stream each answer; ``/reset``, ``/exit`` and Ctrl-D as documented.
+
+    ``read`` asks for the next line (default: :func:`input`).
+    """
+    read = read or input
+    print(HELP_LINE, file=sys.stderr)
+    while True:
+        try:
+            text = read(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        command = text.strip()
+        if command == "/exit":
+            return 0
+        if command == "/reset":
+            session.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not command:
+            continue
+        session.ask(text, stream=sys.stdout)

@@ -1,0 +1,157 @@
+"""Load what ``xtune chat`` talks to: a model folder (plus an adapter), or a training checkpoint."""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xtune.convert.merge import resolve_device
+from xtune.errors import ConfigError, XtuneError
+from xtune.model.finetune import DTYPES
+
+
+@dataclass
+class ChatModel:
+    """A model ready to generate, its tokenizer (chat template installed) and the template's name.
+
+    Attributes:
+        model: A transformers causal LM or PEFT model, in eval mode.
+        tokenizer: Its tokenizer; ``chat_template`` is what prompts are rendered with.
+        template: The built-in template name, or ``auto`` for the tokenizer's own template.
+    """
+
+    model: Any
+    tokenizer: Any
+    template: str
+
+
+def chat_dtype(dtype: str, device: str) -> str:
+    """``auto``: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU.
+
+    Raises:
+        ConfigError: An unknown dtype name.
+    """
+    if dtype == "auto":
+        if not device.startswith("cuda"):
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be auto, {', '.join(DTYPES)}; got '{dtype}'.")
+    return dtype
+
+
+def _quantization(bits: int, dtype: str):
+    if not torch.cuda.is_available():
+        raise XtuneError(
+            f"--bits {bits} needs a CUDA GPU (bitsandbytes quantizes on the GPU). "
+            "Leave --bits out on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise XtuneError(f"--bits {bits} needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[dtype],
+    )
+
+
+def _install_template(tokenizer, template: str, source: str) -> None:
+    from xtune.dataset.templates import TEMPLATES, set_chat_template
+
+    if template == "auto" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"{source} has no chat template of its own (a base model?). Pass --template NAME with one of the "
+            f"built-in templates: {', '.join(TEMPLATES)}."
+        )
+    set_chat_template(tokenizer, template)
+
+
+def load_model_for_chat(
+    model_path: str,
+    adapter: str | None = None,
+    template: str = "auto",
+    bits: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> ChatModel:
+    """Load a Hugging Face model folder (or hub name), optionally with a PEFT adapter on top.
+
+    The tokenizer comes from the adapter folder when it has one (``xtune convert pth_to_hf`` saves the
+    training tokenizer and template there), else from the model.
+
+    Raises:
+        XtuneError: The model cannot be loaded, ``--bits`` cannot be honoured, or the adapter does not fit.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xtune.convert.adapter import attach_adapter, read_adapter_config
+    from xtune.convert.hf_files import has_tokenizer
+
+    if adapter:
+        read_adapter_config(adapter)  # fail on a bad adapter before loading the model
+    device = resolve_device(device)
+    dtype = chat_dtype(dtype, device)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if bits:
+        kwargs["quantization_config"] = _quantization(bits, dtype)
+    if device != "cpu":
+        kwargs["device_map"] = {"": device}
+    tokenizer_source = adapter if adapter and has_tokenizer(adapter) else model_path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise XtuneError(
+            f"cannot load '{model_path}': {str(exc).splitlines()[0]}. Pass a Hugging Face model folder, "
+            "e.g. the SAVE_DIR of `xtune convert merge` (or a base model with --adapter)."
+        ) from None
+    if adapter:
+        model = attach_adapter(model, adapter, base_name=f"the model {model_path}")
+    _install_template(tokenizer, template, f"the tokenizer of {tokenizer_source}")
+    return ChatModel(model.eval(), tokenizer, template)
+
+
+def load_checkpoint_for_chat(
+    config: str | Path,
+    checkpoint: str | Path,
+    cfg_options: dict[str, Any] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> ChatModel:
+    """Build the trained model straight from its training config and a checkpoint.
+
+    The tokenizer gets the config's ``prompt_template``, so prompts are rendered as in training. A
+    ``qlora`` run is served on an unquantized base (its adapter weights are the same).
+
+    Raises:
+        ConfigError, CheckpointError: See :func:`xtune.convert.checkpoint.build_trained_model`.
+    """
+    from xtune.config import load_config
+    from xtune.convert.checkpoint import (
+        build_trained_model,
+        model_settings,
+        read_checkpoint,
+        tokenizer_settings,
+    )
+    from xtune.dataset.tokenizer import load_tokenizer
+
+    cfg = load_config(config, cfg_options)
+    trained = read_checkpoint(checkpoint)
+    device = resolve_device(device)
+    dtype = chat_dtype(dtype, device)
+    if model_settings(cfg).get("finetune_type") == "qlora":
+        print("xtune: serving the qlora adapter on an unquantized base model", file=sys.stderr)
+    model = build_trained_model(cfg, trained.state, dtype=dtype, source=f"checkpoint {checkpoint}")
+    tokenizer_path, template = tokenizer_settings(cfg)
+    tokenizer = load_tokenizer(tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code")))
+    return ChatModel(model.llm.to(device).eval(), tokenizer, template)
