@@ -5,6 +5,7 @@ print one line, ``xtune: error: ...``, and exit 2; no traceback.
 """
 
 import argparse
+import os
 import sys
 
 from xtune.errors import XtuneError
@@ -46,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_deepspeed_on_cpu() -> None:
+    """Tell DeepSpeed (imported by mmengine's runner) that there is no GPU, instead of letting it guess
+    and print a warning into every command's output."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``xtune`` with ``argv``; returns (and, from the console script, exits with) the status."""
     parser = build_parser()
@@ -55,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _quiet_deepspeed_on_cpu()
     try:
         return int(args.func(args) or 0)
     except XtuneError as exc:
