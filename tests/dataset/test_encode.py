@@ -149,3 +149,18 @@ def test_turns_without_an_end_token_get_a_trained_eos(tokenizer):
     assert runs[0].endswith("first answer" + tok.eos_token) and runs[1].endswith("second answer" + tok.eos_token)
     plain = tok.apply_chat_template(messages, tokenize=True, return_dict=False)
     assert [t for t in result["input_ids"] if t != tok.eos_token_id] == [t for t in plain if t != tok.eos_token_id]
+
+
+def test_qwen3_multi_turn_with_tools_trains_every_assistant_turn(tokenizer):
+    from xtune.dataset.templates import get_template
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = get_template("qwen3").jinja
+    (result,) = encode_conversations(tok, [{"messages": CONVERSATION, "tools": TOOLS}], EncodeOptions())
+    expected = tok.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=True, return_dict=False)
+    assert result["input_ids"] == list(expected)
+    runs = _trained_text(tok, result)
+    assert len(runs) == 3
+    assert "<tool_call>" in runs[0] and runs[0].endswith("<|im_end|>")
+    assert runs[1].strip() == "It is 21 degrees.<|im_end|>"
+    assert runs[2].strip().endswith("You are welcome.<|im_end|>")

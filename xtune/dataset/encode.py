@@ -53,8 +53,16 @@ def _end_of_turn_suffix(tokenizer) -> str:
     return text[text.find(sentinel) + len(sentinel) :].rstrip()
 
 
-def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer, messages: list[dict], tools=None, suffix: str | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and find the character span of every assistant turn.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        messages: The conversation.
+        tools: Tool definitions for the template.
+        suffix: The template's end-of-turn text (:func:`_end_of_turn_suffix`), when already known.
 
     Returns:
         The rendered text and one ``(start, end)`` span per assistant message, in order.
@@ -63,6 +71,7 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
         DataError: The template renders an assistant turn in a way whose span cannot be found.
     """
     full = _render(tokenizer, messages, tools)
+    suffix = _end_of_turn_suffix(tokenizer) if suffix is None else suffix
     spans: list[tuple[int, int]] = []
     cursor = 0
     last = len(messages) - 1
@@ -78,8 +87,14 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
         if opened > agreed.rfind(">"):  # stopped inside a marker both share a beginning of ("<|user|>"/"<|end")
             agreed = agreed[:opened]
         end = len(agreed.rstrip())
-        if full.startswith(prefix) and upto.startswith(prefix) and len(prefix) >= cursor and end > len(prefix):
+        starts_here = full.startswith(prefix) and len(prefix) >= cursor
+        closing = full.find(suffix, len(prefix)) if starts_here and suffix else -1
+        if starts_here and upto.startswith(prefix) and end > len(prefix):
             start = len(prefix)
+        elif closing >= 0:
+            # The turn renders differently once later turns follow (qwen3 adds an empty think block only
+            # to the last turn): it starts where the generation prompt ends and ends at its closing token.
+            start, end = len(prefix), closing + len(suffix)
         else:
             # The template rewrites earlier turns (e.g. drops reasoning from history): find the content.
             content = message.get("content") or ""
@@ -90,7 +105,6 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
                     "than on its own, so its trained span cannot be found. Use a built-in prompt_template."
                 )
             end = start + len(content)
-            suffix = _end_of_turn_suffix(tokenizer)
             if suffix and full.startswith(suffix, end):
                 end += len(suffix)
         spans.append((start, end))
@@ -139,15 +153,17 @@ def encode_conversations(
         DataError: The chat template cannot render a sample (e.g. a role it does not support).
     """
     texts, all_spans, failed = [], [], {}
+    suffix = _end_of_turn_suffix(tokenizer)
     for index, sample in enumerate(samples):
         messages = sample["messages"]
         try:
-            text, spans = assistant_spans(tokenizer, messages, sample.get("tools"))
+            text, spans = assistant_spans(tokenizer, messages, sample.get("tools"), suffix)
         except (TemplateError, DataError) as exc:
             origin = where[index] if where else f"sample {index}"
             if not skip_bad:
                 raise DataError(
-                    f"{origin}: the chat template cannot render this conversation: {exc}. Fix the row, pick "
+                    f"{origin}: the chat template cannot render this conversation: {str(exc).rstrip('.')}. "
+                    "Fix the row, pick "
                     "another prompt_template, or set skip_bad_rows=True."
                 ) from None
             failed[index] = f"dropped: template error ({str(exc)[:80]})"
@@ -161,7 +177,7 @@ def encode_conversations(
     # Templates whose assistant turns end with no token of their own (glm4: the next "<|user|>" ends a
     # turn) would never teach the model to stop: append EOS, trained, after each trained turn, as
     # LLaMA-Factory does. Such rows then differ from apply_chat_template by exactly those EOS tokens.
-    add_eos = not options.train_on_prompt and tokenizer.eos_token_id is not None and not _end_of_turn_suffix(tokenizer)
+    add_eos = not options.train_on_prompt and tokenizer.eos_token_id is not None and not suffix
     results = []
     for index, (ids, offsets, spans) in enumerate(zip(*_tokenize(tokenizer, texts), all_spans)):
         if index in failed:

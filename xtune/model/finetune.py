@@ -49,7 +49,8 @@ class SupervisedFinetune(BaseModel):
         quantization: For ``qlora``: ``bnb_4bit_quant_type`` (nf4|fp4), ``bnb_4bit_use_double_quant``,
             ``bnb_4bit_quant_storage``.
         gradient_checkpointing: ``True``, ``False`` or ``"auto"`` (on for models over 1B parameters).
-        attn_implementation: ``auto`` (sdpa), or any transformers attention implementation.
+        attn_implementation: ``auto`` (sdpa where the model supports it, else eager), or any
+            transformers attention implementation.
         trust_remote_code: Run the model repository's own code. Off unless a config sets it.
     """
 
@@ -86,11 +87,9 @@ class SupervisedFinetune(BaseModel):
 
     # ----------------------------------------------------------------------------- building
     def _load(self, path: str, quantization: dict | None, attn: str, trust_remote_code: bool):
-        kwargs = {
-            "dtype": DTYPES[self.dtype],
-            "attn_implementation": "sdpa" if attn == "auto" else attn,
-            "trust_remote_code": trust_remote_code,
-        }
+        kwargs = {"dtype": DTYPES[self.dtype], "trust_remote_code": trust_remote_code}
+        if attn != "auto":  # auto: transformers picks sdpa where the model supports it, else eager
+            kwargs["attn_implementation"] = attn
         if self.finetune_type == "qlora":
             kwargs.update(self._quantization_kwargs(quantization or {}))
         try:
