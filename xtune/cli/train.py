@@ -48,18 +48,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _slurm_first_host() -> str | None:
+    """The first host of a slurm allocation (node 0's address), when slurm names one."""
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodes:
+        return None
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return nodes.split(",")[0] if "[" not in nodes else None
+    return hosts.stdout.split()[0] if hosts.stdout.split() else None
+
+
+def launch_settings(env: dict | None = None) -> dict[str, str]:
+    """torchrun's node settings from ``NPROC_PER_NODE``, ``NNODES``, ``NODE_RANK``, ``ADDR``/``MASTER_ADDR`` and
+    ``PORT``/``MASTER_PORT``. With several nodes inside a slurm job (one ``xtune train`` per node, e.g. by
+    ``srun --ntasks-per-node=1``), the node rank and node 0's address default to slurm's.
+
+    Raises:
+        ConfigError: Several nodes but no address or port of node 0 to meet at.
+    """
+    env = dict(os.environ if env is None else env)
+    nnodes = env.get("NNODES", "1")
+    addr = env.get("ADDR") or env.get("MASTER_ADDR")
+    node_rank = env.get("NODE_RANK")
+    if int(nnodes) > 1:
+        addr = addr or _slurm_first_host()
+        node_rank = node_rank or env.get("SLURM_NODEID")
+    port = env.get("PORT") or env.get("MASTER_PORT")
+    if int(nnodes) > 1 and not (addr and port):
+        raise ConfigError(
+            f"NNODES={nnodes}: every node must meet at node 0; set ADDR (or MASTER_ADDR) to node 0's address and "
+            "PORT (or MASTER_PORT) to a free port on it, the same on every node, with NODE_RANK=0..NNODES-1."
+        )
+    return {
+        "nproc_per_node": env.get("NPROC_PER_NODE", "1"),
+        "nnodes": nnodes,
+        "node_rank": node_rank or "0",
+        "master_addr": addr or "127.0.0.1",
+        "master_port": str(port or _free_port()),
+    }
+
+
 def launch_workers(argv: list[str]) -> int:
-    """Start ``NPROC_PER_NODE`` workers on this node with torchrun, run by this Python."""
-    env = os.environ
+    """Start ``NPROC_PER_NODE`` workers on this node with torchrun, run by this Python; their status."""
+    settings = launch_settings()
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        f"--nproc_per_node={env.get('NPROC_PER_NODE', '1')}",
-        f"--nnodes={env.get('NNODES', '1')}",
-        f"--node_rank={env.get('NODE_RANK', '0')}",
-        f"--master_addr={env.get('ADDR', env.get('MASTER_ADDR', '127.0.0.1'))}",
-        f"--master_port={env.get('PORT', env.get('MASTER_PORT', _free_port()))}",
+        *(f"--{key}={value}" for key, value in settings.items()),
         "-m",
         "xtune",
         "train",
@@ -93,7 +131,43 @@ def prepare_config(args: argparse.Namespace):
         pass
     if args.resume:
         cfg.resume, cfg.load_from = _resume_target(args.resume, cfg.work_dir)
+    if args.deepspeed:
+        _use_deepspeed(cfg, args.deepspeed)
     return cfg
+
+
+def _check_deepspeed_arg(value: str) -> None:
+    """Fail before starting workers (once, not once per rank) when ``--deepspeed`` names nothing.
+
+    The common case is checked without importing the engine, which takes seconds.
+    """
+    from xtune.paths import CONFIG_DIR
+
+    if (CONFIG_DIR / "deepspeed" / f"{value.removeprefix('deepspeed_')}.json").is_file() or Path(value).is_file():
+        return
+    from xtune.engine.deepspeed import find_deepspeed_config
+
+    find_deepspeed_config(value)  # raises, listing the presets
+
+
+def _use_deepspeed(cfg, name_or_path: str) -> None:
+    """Switch ``cfg`` to DeepSpeed; report where the DeepSpeed JSON disagreed with the config."""
+    from xtune.engine.deepspeed import use_deepspeed
+
+    if cfg.launcher == "none":
+        # One process without an outer launcher: DeepSpeed still wants a (one-rank) process group.
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        cfg.launcher = "pytorch"
+    for note in use_deepspeed(cfg, name_or_path):
+        _note(f"deepspeed: {note}")
+
+
+def _note(message: str) -> None:
+    """A message for the user, from the first worker only when there are several."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"xtune: {message}", file=sys.stderr)
 
 
 def _resume_target(resume: str, work_dir: str) -> tuple[bool, str | None]:
@@ -102,22 +176,42 @@ def _resume_target(resume: str, work_dir: str) -> tuple[bool, str | None]:
     if resume == "auto":
         found = newest_valid_checkpoint(work_dir) if Path(work_dir).is_dir() else None
         if found is None:
-            print(f"xtune: no checkpoint in {work_dir}; starting from scratch", file=sys.stderr)
+            _note(f"no checkpoint in {work_dir}; starting from scratch")
             return False, None
-        print(f"xtune: resuming from {found}", file=sys.stderr)
+        _note(f"resuming from {found}")
         return True, found
     if not Path(resume).exists():
-        raise ConfigError(f"--resume {resume}: no such checkpoint. Use --resume auto or a path to an iter_*.pth.")
+        raise ConfigError(
+            f"--resume {resume}: no such checkpoint. Use --resume auto or a path to an iter_*.pth (file or folder)."
+        )
     return True, resume
 
 
 def train(args: argparse.Namespace) -> int:
+    if args.deepspeed:
+        _check_deepspeed_arg(args.deepspeed)
     if _wants_workers(args):
         return launch_workers(args.argv[1:])
     cfg = prepare_config(args)
     import xtune.engine  # noqa: F401  (registers the runner, loop and hooks)
     from xtune.registry import RUNNERS
 
+    _start_cpu_process_group(cfg)
     runner = RUNNERS.build(cfg)
     runner.train()
     return 0
+
+
+def _start_cpu_process_group(cfg) -> None:
+    """Start the gloo process group of a CPU-only worker; mmengine's own start calls torch.cuda.set_device,
+    which a CPU-only torch lacks (it starts none when a group exists)."""
+    import torch
+
+    if cfg.launcher != "pytorch" or torch.cuda.is_available() or torch.distributed.is_initialized():
+        return
+    if cfg.get("strategy"):
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")  # DeepSpeed's comm layer wraps the torch group
+    else:
+        torch.distributed.init_process_group(backend="gloo")

@@ -19,6 +19,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
+from xtune.convert.zero import is_zero_checkpoint, load_trained_zero_weights
 from xtune.errors import CheckpointError, ConfigError
 from xtune.model.finetune import DTYPES, resolve_dtype
 
@@ -40,8 +41,10 @@ class FolderReader:
     load: Callable[[Path], StateDict]
 
 
-# Checkpoint folder formats, tried in order. A DeepSpeed ZeRO reader is appended here.
-FOLDER_READERS: list[FolderReader] = []
+# Checkpoint folder formats, tried in order.
+FOLDER_READERS: list[FolderReader] = [
+    FolderReader("DeepSpeed ZeRO", is_zero_checkpoint, load_trained_zero_weights),
+]
 
 
 @dataclass

@@ -4,6 +4,7 @@ import os.path as osp
 import re
 from pathlib import Path
 
+from xtune.convert.zero import is_zero_checkpoint
 from xtune.engine.runner import load_checkpoint_file
 from xtune.errors import CheckpointError
 
@@ -14,7 +15,7 @@ def newest_valid_checkpoint(work_dir: str | Path) -> str | None:
     """The newest checkpoint in ``work_dir`` that loads, or ``None`` when there is none.
 
     ``last_checkpoint`` is tried first; when it is missing or names a damaged file, the ``iter_*.pth``
-    files are tried newest first.
+    files (or DeepSpeed folders) are tried newest first.
     """
     work_dir = Path(work_dir)
     candidates = []
@@ -28,7 +29,10 @@ def newest_valid_checkpoint(work_dir: str | Path) -> str | None:
             continue
         try:
             if osp.isdir(candidate):
-                return candidate  # a DeepSpeed checkpoint folder
+                # DeepSpeed folders are renamed into place once every rank has written its files
+                if is_zero_checkpoint(candidate):
+                    return candidate
+                continue
             load_checkpoint_file(candidate)
             return candidate
         except CheckpointError:

@@ -153,7 +153,13 @@ class TrainLoop(IterBasedTrainLoop):
         return self.runner.model
 
     def _run_steps(self) -> None:
-        accumulate = self.runner.optim_wrapper._accumulative_counts
+        # Under DeepSpeed the engine accumulates: it divides every micro-batch's loss by its
+        # gradient_accumulation_steps, even in a shorter last group, and steps where it is told to.
+        engine = getattr(self.runner, "deepspeed_engine", None)
+        if engine is not None:
+            accumulate = engine.gradient_accumulation_steps()
+        else:
+            accumulate = self.runner.optim_wrapper._accumulative_counts
         world = get_world_size()
         while self._iter < self._max_iters and not self.stop_training:
             group_end = min(self._iter - self._iter % accumulate + accumulate, self._max_iters)
@@ -161,10 +167,14 @@ class TrainLoop(IterBasedTrainLoop):
             tokens = torch.tensor(float(sum(count_trained_tokens(b["labels"]) for b in batches)))
             if is_distributed():
                 all_reduce(tokens, op="sum")
-            # mmengine divides each loss by the loss factor and DDP averages over ranks: undo both.
-            scale = self._loss_factor(accumulate) * world / max(float(tokens), 1.0)
-            for batch in batches:
+            # The optimizer wrapper (or DeepSpeed) divides each loss by a factor and DDP (or ZeRO)
+            # averages gradients over ranks: undo both.
+            factor = accumulate if engine is not None else self._loss_factor(accumulate)
+            scale = factor * world / max(float(tokens), 1.0)
+            for position, batch in enumerate(batches):
                 self.runner.model.train()
+                if engine is not None:
+                    engine.set_gradient_accumulation_boundary(position == len(batches) - 1)
                 batch["loss_scale"] = scale
                 self.run_iter(batch)
                 loss = self.runner.message_hub.get_scalar("train/loss").current()

@@ -79,9 +79,8 @@ def load_checkpoint_file(path: str, map_location: str = "cpu") -> dict:
     return checkpoint
 
 
-@RUNNERS.register_module()
-class XtuneRunner(Runner):
-    """mmengine's Runner with crash-safe checkpoint writes and safe resume."""
+class PlainMessageHubMixin:
+    """For runners: the message hub goes into checkpoints as plain data and is rebuilt on load."""
 
     def call_hook(self, fn_name: str, **kwargs) -> None:
         """Store the message hub as plain data in checkpoints, and rebuild it when one is loaded."""
@@ -91,6 +90,11 @@ class XtuneRunner(Runner):
         if fn_name == "after_load_checkpoint" and "message_hub" in checkpoint:
             checkpoint["message_hub"] = message_hub_from_plain(checkpoint["message_hub"])
         super().call_hook(fn_name, **kwargs)
+
+
+@RUNNERS.register_module()
+class XtuneRunner(PlainMessageHubMixin, Runner):
+    """mmengine's Runner with crash-safe checkpoint writes and safe resume."""
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         """Write to ``<filename>.tmp`` and rename, so a crash never leaves a half-written checkpoint."""
