@@ -3,6 +3,7 @@
 import contextlib
 import os
 import os.path as osp
+import pickle
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def load_checkpoint_file(path: str, map_location: str = "cpu") -> dict:
     try:
         with safe_loading():
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path} ({first}). It may be truncated (an interrupted copy or save) "
