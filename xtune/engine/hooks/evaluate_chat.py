@@ -43,11 +43,13 @@ class EvaluateChatHook(Hook):
 
     @torch.no_grad()
     def _generate(self, runner) -> None:
-        if not self.inputs or runner.rank != 0:
-            return
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        tokenizer = runner.train_dataloader.dataset.tokenizer
         llm = model.llm
+        # Under ZeRO-3 every forward gathers weights from all ranks: every rank must generate, in step.
+        sharded = any(hasattr(p, "ds_numel") for p in llm.parameters())
+        if not self.inputs or (runner.rank != 0 and not sharded):
+            return
+        tokenizer = runner.train_dataloader.dataset.tokenizer
         was_training = llm.training
         llm.eval()
         device = next(llm.parameters()).device
@@ -66,11 +68,14 @@ class EvaluateChatHook(Hook):
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
+                synced_gpus=sharded,
             )
             answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             records.append({"iter": runner.iter + 1, "prompt": prompt, "answer": answer})
             print_log(f"[eval] {prompt!r} -> {answer!r}", logger="current")
+        llm.train(was_training)
+        if runner.rank != 0:
+            return
         with open(osp.join(runner.work_dir, "eval_chat.jsonl"), "a", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        llm.train(was_training)

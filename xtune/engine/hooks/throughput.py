@@ -47,7 +47,8 @@ class ThroughputHook(Hook):
 
     def before_train(self, runner) -> None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        self._params = sum(p.numel() for p in model.parameters())
+        # ZeRO-3 leaves each rank a shard: ds_numel is a parameter's full size
+        self._params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         config = getattr(getattr(model, "llm", None), "config", None)
         self._layers = getattr(config, "num_hidden_layers", 0) or 0
         self._hidden = getattr(config, "hidden_size", 0) or 0
