@@ -102,10 +102,15 @@ def _read_folder(path: Path) -> StateDict:
     for reader in FOLDER_READERS:
         if reader.detect(path):
             return reader.load(path)
-    if any(path.glob("*model_states.pt")) or any(path.glob("*/*model_states.pt")):
+    if any(path.glob("*/*model_states.pt")):
         raise CheckpointError(
-            f"{path} is a DeepSpeed checkpoint folder, which this build of xtune cannot read yet. "
-            "Train without --deepspeed to get .pth checkpoints."
+            f"{path} holds DeepSpeed checkpoints but is not one: pass one of its iter_*.pth folders "
+            f"(the newest is named in {path / 'last_checkpoint'})."
+        )
+    if any(path.glob("*model_states.pt")):
+        raise CheckpointError(
+            f"{path} looks like a DeepSpeed checkpoint but is incomplete (a rank's files are missing or it "
+            "was copied while being written). Use another iter_*.pth folder."
         )
     known = ", ".join(reader.name for reader in FOLDER_READERS) or "none in this build"
     raise CheckpointError(
