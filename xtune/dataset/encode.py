@@ -179,16 +179,37 @@ def encode_conversations(
     # LLaMA-Factory does. Such rows then differ from apply_chat_template by exactly those EOS tokens.
     add_eos = not options.train_on_prompt and tokenizer.eos_token_id is not None and not suffix
     results = []
-    for index, (ids, offsets, spans) in enumerate(zip(*_tokenize(tokenizer, texts), all_spans)):
+    for index, (ids, encoding, spans) in enumerate(zip(*_tokenize(tokenizer, texts), all_spans)):
         if index in failed:
             results.append({"input_ids": [], "labels": [], "status": failed[index]})
             continue
-        labels = labels_from_spans(ids, offsets, spans)
         ids = list(ids)
+        if isinstance(encoding, list):  # a slow tokenizer: its offsets
+            labels = labels_from_spans(ids, encoding, spans)
+        else:
+            labels = [IGNORE_INDEX] * len(ids)
+            for first, stop in _token_ranges(encoding, spans):
+                labels[first:stop] = ids[first:stop]
         if add_eos:
+            offsets = encoding if isinstance(encoding, list) else encoding.offsets
             ids, labels = _append_eos_after_spans(ids, labels, offsets, spans, tokenizer.eos_token_id)
         results.append(_finish(ids, labels, options))
     return results
+
+
+def _token_ranges(encoding, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token index ranges ``[first, stop)`` covering every token that overlaps each character span.
+
+    Asking the Rust encoding for the tokens at the span ends is much cheaper than converting every
+    token's offsets to Python.
+    """
+    ranges = []
+    for start, end in spans:
+        first = next((t for c in range(start, end) if (t := encoding.char_to_token(c)) is not None), None)
+        last = next((t for c in range(end - 1, start - 1, -1) if (t := encoding.char_to_token(c)) is not None), None)
+        if first is not None and last is not None and last >= first:
+            ranges.append((first, last + 1))
+    return ranges
 
 
 def _append_eos_after_spans(ids, labels, offsets, spans, eos_id: int) -> tuple[list[int], list[int]]:
@@ -203,8 +224,9 @@ def _append_eos_after_spans(ids, labels, offsets, spans, eos_id: int) -> tuple[l
     return out_ids, out_labels
 
 
-def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-    """Ids and character offsets, without special tokens (as apply_chat_template tokenises).
+def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list]:
+    """Ids, and for each text its Rust encoding (fast tokenizers) or its character offsets (slow ones),
+    without special tokens, as apply_chat_template tokenises.
 
     Fast tokenizers go straight to the Rust backend in one parallel batch; the transformers wrapper
     around it costs more than the tokenisation itself.
@@ -212,7 +234,7 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[t
     backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
     if backend is not None:
         encodings = backend.encode_batch(texts, add_special_tokens=False)
-        return [e.ids for e in encodings], [e.offsets for e in encodings]
+        return [e.ids for e in encodings], encodings
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     return encoded["input_ids"], encoded["offset_mapping"]
 
