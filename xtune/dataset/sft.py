@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -145,16 +146,24 @@ class SFTDataset(Dataset):
             return self._process()
         target = cache_root / self._key
         if get_rank() == 0 and not (target / "dataset_info.json").exists():
-            data = self._process()
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            data.save_to_disk(str(tmp))
-            os.replace(tmp, target) if not target.exists() else None
+            work = target.with_name(target.name + f".build{os.getpid()}")
+            work.mkdir(parents=True, exist_ok=True)
+            try:
+                # written to disk batch by batch, so memory does not grow with the number of rows
+                self._process(work / "rows.arrow").save_to_disk(str(tmp))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            if not target.exists():
+                os.replace(tmp, target)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
         barrier()  # other ranks wait for rank 0 and then read its cache
         data = datasets.load_from_disk(str(target))
         print_log(f"processed dataset: {target}", logger="current")
         return data
 
-    def _process(self) -> datasets.Dataset:
+    def _process(self, out_file: Path | None = None) -> datasets.Dataset:
         raw = load_rows(self.spec)
         fn_kwargs = {
             "spec": self.spec,
@@ -172,6 +181,7 @@ class SFTDataset(Dataset):
             num_proc=self.num_proc if self.num_proc > 1 else None,
             desc="Tokenizing",
             load_from_cache_file=False,
+            cache_file_name=str(out_file) if out_file else None,
         )
 
     # ----------------------------------------------------------------------------- access
@@ -234,7 +244,7 @@ def _process_batch(batch: dict, spec, tokenizer, options, placeholders, skip_bad
         except DataError as exc:
             if not skip_bad_rows:
                 raise
-            dropped.append(f"dropped: bad row ({str(exc).split(':')[-1].strip()[:80]})")
+            dropped.append(f"dropped: bad row ({str(exc)[:200]})")
             continue
         samples.append(fill_placeholders(sample, placeholders) if placeholders else sample)
         where.append(f"{row.get('_source', spec.path)}, row {row.get('_row', '?')}")
