@@ -22,15 +22,11 @@ def _reference(model_dir, prompt: str, system: str | None = None) -> str:
     """Plain transformers: the prompt rendered by the saved chat template, greedy, special tokens dropped."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}
-    ]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(TOKENS), do_sample=False
-        )
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(TOKENS), do_sample=False)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
@@ -49,9 +45,7 @@ def test_prompts_are_answered_greedily_through_the_chat_template(chat_models, ca
     status, first, _ = _chat(capsys, *args)
     assert status == 0
     assert _chat(capsys, *args)[1] == first  # deterministic
-    expected = (
-        _reference(chat_models.merged, "Who are you?") + "\n" + _reference(chat_models.merged, "Hello") + "\n"
-    )
+    expected = _reference(chat_models.merged, "Who are you?") + "\n" + _reference(chat_models.merged, "Hello") + "\n"
     assert first == expected and first.strip()
 
 

@@ -25,10 +25,7 @@ def _stream(tokenizer, chunks: list[str], words: list[str]) -> str:
 
 
 def test_stream_stops_at_a_stop_word_split_over_chunks(tokenizer):
-    assert (
-        _stream(tokenizer, [" Hello", " wor", "ld\nUs", "er: more", " and more"], ["\nUser:"])
-        == "Hello world\n"
-    )
+    assert _stream(tokenizer, [" Hello", " wor", "ld\nUs", "er: more", " and more"], ["\nUser:"]) == "Hello world\n"
 
 
 def test_stream_releases_text_that_only_looked_like_a_stop_word(tokenizer):

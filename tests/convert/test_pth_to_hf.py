@@ -69,10 +69,7 @@ def test_shipped_config_name_with_the_training_overrides(lora_run, tmp_path):
 def test_builtin_template_is_saved_with_the_adapter(lora_run, tmp_path):
     options = [f"{key}={value!r}" for key, value in lora_run.options.items()]
     assert (
-        _convert(
-            LORA, lora_run.checkpoint, tmp_path / "a", "--cfg-options", *options, "prompt_template='default'"
-        )
-        == 0
+        _convert(LORA, lora_run.checkpoint, tmp_path / "a", "--cfg-options", *options, "prompt_template='default'") == 0
     )
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "a")
     assert tokenizer.chat_template == TEMPLATES["default"].jinja
@@ -82,10 +79,7 @@ def test_builtin_template_is_saved_with_the_adapter(lora_run, tmp_path):
 def test_full_checkpoint_becomes_a_model_plain_transformers_loads(full_run, tmp_path):
     save_dir = tmp_path / "model"
     assert _convert(full_run.config, full_run.checkpoint, save_dir, "--max-shard-size", "1MB") == 0
-    assert (
-        len(list(save_dir.glob("model-*.safetensors"))) > 1
-        and (save_dir / "model.safetensors.index.json").is_file()
-    )
+    assert len(list(save_dir.glob("model-*.safetensors"))) > 1 and (save_dir / "model.safetensors.index.json").is_file()
     for name in ("config.json", "generation_config.json", "tokenizer_config.json", "xtune_config.py"):
         assert (save_dir / name).is_file(), name
     config = json.loads((save_dir / "config.json").read_text())
@@ -134,9 +128,7 @@ def test_freeze_run_keeps_frozen_base_weights(tiny_llama, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
     ours = model.state_dict()
     assert torch.equal(ours["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
-    assert not torch.equal(
-        ours["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"]
-    )
+    assert not torch.equal(ours["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
 
 
 def test_existing_save_dir_needs_overwrite(lora_run, tmp_path, capsys):
@@ -281,9 +273,7 @@ def test_config_naming_another_base_warns(lora_run, tmp_path, capsys):
     assert _convert(LORA, lora_run.checkpoint, tmp_path / "a", "--cfg-options", *options) == 0
     err = capsys.readouterr().err
     assert "warning" in err and "pretrained_model_name_or_path" in err and str(moved) in err
-    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
-        moved
-    )
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(moved)
 
 
 def test_adapter_in_another_dtype(lora_run, tmp_path):

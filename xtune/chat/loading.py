@@ -45,8 +45,7 @@ def chat_dtype(dtype: str, device: str) -> str:
 def _quantization(bits: int, dtype: str):
     if not torch.cuda.is_available():
         raise XtuneError(
-            f"--bits {bits} needs a CUDA GPU (bitsandbytes quantizes on the GPU). "
-            "Leave --bits out on this machine."
+            f"--bits {bits} needs a CUDA GPU (bitsandbytes quantizes on the GPU). Leave --bits out on this machine."
         )
     try:
         import bitsandbytes  # noqa: F401

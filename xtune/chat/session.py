@@ -96,9 +96,7 @@ class ChatSession:
             ConfigError: The chat template cannot write this conversation (e.g. a system prompt).
         """
         try:
-            return self.tokenizer.apply_chat_template(
-                self.messages(text), tokenize=False, add_generation_prompt=True
-            )
+            return self.tokenizer.apply_chat_template(self.messages(text), tokenize=False, add_generation_prompt=True)
         except TemplateError as exc:
             raise ConfigError(f"the chat template cannot render this conversation: {exc}") from None
 
@@ -117,9 +115,7 @@ class ChatSession:
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         device = next(self.model.parameters()).device
         ids = ids.to(device)
-        streamer = (
-            StopWordStreamer(self.tokenizer, self.stop_words, out=stream) if stream is not None else None
-        )
+        streamer = StopWordStreamer(self.tokenizer, self.stop_words, out=stream) if stream is not None else None
         pad = self.tokenizer.pad_token_id
         if pad is None and self._eos_ids:
             pad = self._eos_ids[0]

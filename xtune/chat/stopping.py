@@ -34,9 +34,7 @@ def stop_token_ids(tokenizer, words: list[str]) -> list[int]:
 
 def cut_at_stop(text: str, words: list[str]) -> str:
     """``text`` up to the first stop word in it."""
-    cut = min(
-        (index for index in (text.find(word) for word in words if word) if index >= 0), default=len(text)
-    )
+    cut = min((index for index in (text.find(word) for word in words if word) if index >= 0), default=len(text))
     return text[:cut]
 
 

@@ -38,9 +38,7 @@ def add_parser(sub, name: str, text: str) -> None:
         help="answer this prompt (each in a new conversation), print the answer and exit; repeatable",
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
-    p.add_argument(
-        "--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)"
-    )
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
     p.add_argument("--top-k", type=int, default=50, help="sample among the K likeliest tokens (default 50)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 discourages repeats")
@@ -51,9 +49,7 @@ def add_parser(sub, name: str, text: str) -> None:
         metavar="WORD",
         help="extra strings that end an answer (the template's are always used)",
     )
-    p.add_argument(
-        "--bits", type=int, choices=[4, 8], help="load MODEL quantized (needs CUDA and bitsandbytes)"
-    )
+    p.add_argument("--bits", type=int, choices=[4, 8], help="load MODEL quantized (needs CUDA and bitsandbytes)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if present), cpu or cuda")
     p.add_argument(
         "--dtype",
@@ -68,13 +64,9 @@ def add_parser(sub, name: str, text: str) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.config or args.checkpoint:
         if not (args.config and args.checkpoint):
-            raise XtuneError(
-                "--config and --checkpoint go together: xtune chat --config CFG --checkpoint PTH"
-            )
+            raise XtuneError("--config and --checkpoint go together: xtune chat --config CFG --checkpoint PTH")
         if args.model or args.adapter or args.bits:
-            raise XtuneError(
-                "pass either MODEL (with --adapter/--bits) or --config with --checkpoint, not both."
-            )
+            raise XtuneError("pass either MODEL (with --adapter/--bits) or --config with --checkpoint, not both.")
         if args.template != "auto":
             raise XtuneError("--template does not apply with --config: the config's prompt_template is used.")
     elif not args.model:

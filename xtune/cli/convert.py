@@ -35,9 +35,7 @@ def add_parser(sub, name: str, text: str) -> None:
         default="auto",
         help="weights dtype (default auto: the dtype the run trained in)",
     )
-    q.add_argument(
-        "--max-shard-size", default="5GB", help="largest weight file of a full model (default 5GB)"
-    )
+    q.add_argument("--max-shard-size", default="5GB", help="largest weight file of a full model (default 5GB)")
     q.add_argument(
         "--no-safe-serialization",
         dest="safe_serialization",

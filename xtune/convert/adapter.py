@@ -25,9 +25,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     if not config_file.is_file():
         has_model = (folder / "config.json").is_file()
         what = " (it holds a full model: use it as the model, without --adapter/merge)" if has_model else ""
-        raise CheckpointError(
-            f"{folder} is not a PEFT adapter folder: it has no adapter_config.json{what}. {how}"
-        )
+        raise CheckpointError(f"{folder} is not a PEFT adapter folder: it has no adapter_config.json{what}. {how}")
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise CheckpointError(f"{folder} has an adapter_config.json but no adapter_model.safetensors. {how}")
     try:
@@ -62,9 +60,7 @@ def attach_adapter(base_model, adapter_dir: str | Path, base_name: str = "the ba
     try:
         model = PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=False)
     except (ValueError, RuntimeError, KeyError, AttributeError) as exc:
-        raise CheckpointError(
-            f"the adapter {adapter_dir} does not fit {base_name}: {_reason(exc)}. {fix}"
-        ) from None
+        raise CheckpointError(f"the adapter {adapter_dir} does not fit {base_name}: {_reason(exc)}. {fix}") from None
     expected = get_peft_model_state_dict(model)
     unused = [key for key in weights if key not in expected]
     if unused:

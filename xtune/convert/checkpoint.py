@@ -124,9 +124,7 @@ def _checked_state(state, path: Path) -> StateDict:
         raise CheckpointError(f"{path} holds no model weights: its state_dict is empty or not a dict.")
     bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if bad:
-        raise CheckpointError(
-            f"{path} is not an xtune checkpoint: '{bad[0]}' in its state_dict is not a tensor."
-        )
+        raise CheckpointError(f"{path} is not an xtune checkpoint: '{bad[0]}' in its state_dict is not a tensor.")
     # A model saved while wrapped for distributed training may carry the wrapper's prefix.
     return {key.removeprefix("module."): value for key, value in state.items()}
 
@@ -237,9 +235,7 @@ def load_trained_state(model, state: StateDict, source: str = "the checkpoint") 
         if key in expected and tuple(value.shape) != tuple(expected[key].shape)
     ]
     if mismatched:
-        raise CheckpointError(
-            f"{source} does not fit the model: {mismatched[0]} ({len(mismatched)} such). {hint}"
-        )
+        raise CheckpointError(f"{source} does not fit the model: {mismatched[0]} ({len(mismatched)} such). {hint}")
     model.load_state_dict(state, strict=False)
 
 

@@ -29,9 +29,7 @@ def check_shard_size(max_shard_size: str) -> str:
         if convert_file_size_to_int(max_shard_size) <= 0:
             raise ValueError
     except ValueError:
-        raise XtuneError(
-            f"--max-shard-size must be a size like 5GB, 500MB or 2GiB; got '{max_shard_size}'."
-        ) from None
+        raise XtuneError(f"--max-shard-size must be a size like 5GB, 500MB or 2GiB; got '{max_shard_size}'.") from None
     return max_shard_size
 
 

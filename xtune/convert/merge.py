@@ -83,8 +83,7 @@ def load_base(base: str | Path, dtype: str, device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     except (OSError, ValueError) as exc:
         raise XtuneError(
-            f"cannot load the base model '{base}': {str(exc).splitlines()[0]}. "
-            "Pass a Hugging Face model folder."
+            f"cannot load the base model '{base}': {str(exc).splitlines()[0]}. Pass a Hugging Face model folder."
         ) from None
     return model.eval()
 
