@@ -60,3 +60,41 @@ def test_non_finite_loss_stops_and_names_the_iteration(tiny_llama, alpaca_file, 
     assert train(LORA, tmp_path, options) == 2
     err = capsys.readouterr().err
     assert "the loss became" in err and "at iteration" in err and "last good checkpoint" in err
+
+
+def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_llama, alpaca_file, tmp_path, capsys):
+    import torch
+    from mmengine.hooks import Hook
+
+    from xtune.registry import HOOKS
+    from xtune.testing.training import final_weights
+
+    @HOOKS.register_module(force=True)
+    class PoisonOnceHook(Hook):
+        """Makes the logits of iteration 3 NaN, once."""
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            if runner.iter == 2:
+                llm = runner.model.llm
+
+                def poison(module, args, output):
+                    output.logits.mul_(float("nan"))  # in place; returning None keeps the output
+
+                self.handle = llm.register_forward_hook(poison)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if getattr(self, "handle", None):
+                self.handle.remove()
+                self.handle = None
+
+    options = {
+        **_options(tiny_llama, alpaca_file),
+        "max_epochs": 1,
+        "train_cfg.nonfinite": "skip",
+        "custom_hooks": [{"type": "PoisonOnceHook"}, {"type": "RNGStateHook"}],
+        "save_steps": 4,
+    }
+    assert train(LORA, tmp_path, options) == 0
+    assert "skipped an optimizer step" in capsys.readouterr().out
+    weights = final_weights(tmp_path)
+    assert all(torch.isfinite(w).all() for w in weights.values())

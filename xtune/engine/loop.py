@@ -75,6 +75,8 @@ class TrainLoop(IterBasedTrainLoop):
         max_iters: Iterations (micro-batches) to train, instead of ``max_epochs``.
         val_begin: See ``IterBasedTrainLoop``.
         val_interval: See ``IterBasedTrainLoop``.
+        nonfinite: On a NaN/Inf loss, ``stop`` (save nothing, keep the last good checkpoint, raise) or
+            ``skip`` (drop that optimizer step and go on).
     """
 
     def __init__(
@@ -85,7 +87,11 @@ class TrainLoop(IterBasedTrainLoop):
         max_iters: int | None = None,
         val_begin: int = 1,
         val_interval: int = 10**9,
+        nonfinite: str = "stop",
     ) -> None:
+        if nonfinite not in ("stop", "skip"):
+            raise XtuneError(f"train_cfg.nonfinite must be 'stop' or 'skip', got '{nonfinite}'.")
+        self.nonfinite = nonfinite
         if isinstance(dataloader, dict):
             diff_rank_seed = runner._randomness_cfg.get("diff_rank_seed", False)
             dataloader = runner.build_dataloader(dataloader, seed=runner.seed, diff_rank_seed=diff_rank_seed)
@@ -160,6 +166,11 @@ class TrainLoop(IterBasedTrainLoop):
             accumulate = engine.gradient_accumulation_steps()
         else:
             accumulate = self.runner.optim_wrapper._accumulative_counts
+        skip = self.nonfinite == "skip" and hasattr(self.runner.optim_wrapper, "skip_nonfinite")
+        if self.nonfinite == "skip" and not skip:
+            raise XtuneError("train_cfg.nonfinite='skip' is not supported with --deepspeed; use 'stop'.")
+        if skip:
+            self.runner.optim_wrapper.skip_nonfinite = True
         world = get_world_size()
         while self._iter < self._max_iters and not self.stop_training:
             group_end = min(self._iter - self._iter % accumulate + accumulate, self._max_iters)
@@ -178,7 +189,7 @@ class TrainLoop(IterBasedTrainLoop):
                 batch["loss_scale"] = scale
                 self.run_iter(batch)
                 loss = self.runner.message_hub.get_scalar("train/loss").current()
-                if not math.isfinite(loss):
+                if not math.isfinite(loss) and not skip:
                     self._save_nothing_and_raise_nan(loss)
             if self._stop_signal is not None:
                 self._save_and_raise(f"stopped by signal {self._stop_signal}")

@@ -1,10 +1,40 @@
-"""The optimizer wrapper picked by the training dtype."""
+"""The optimizer wrapper picked by the training dtype, able to skip steps with non-finite losses."""
 
 import torch
+from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from xtune.model.finetune import resolve_dtype
 from xtune.registry import OPTIM_WRAPPERS
+
+
+class SkipNonFiniteMixin:
+    """Drops an optimizer step if any loss of its micro-batches was NaN or infinite (when
+    ``skip_nonfinite`` is set by the train loop's ``nonfinite='skip'``); the gradients are discarded."""
+
+    skip_nonfinite = False
+    _bad_step = False
+
+    def update_params(self, loss: torch.Tensor, step_kwargs: dict | None = None, zero_kwargs: dict | None = None):
+        if not self.skip_nonfinite:
+            return super().update_params(loss, step_kwargs=step_kwargs, zero_kwargs=zero_kwargs)
+        self._bad_step = self._bad_step or not bool(torch.isfinite(loss.detach()).all())
+        self.backward(self.scale_loss(loss))
+        if self.should_update():
+            if self._bad_step:
+                print_log("skipped an optimizer step: a loss in it was not finite", logger="current", level=30)
+            else:
+                self.step(**(step_kwargs or {}))
+            self.zero_grad(**(zero_kwargs or {}))
+            self._bad_step = False
+
+
+class XtuneOptimWrapper(SkipNonFiniteMixin, OptimWrapper):
+    """mmengine's OptimWrapper that can skip non-finite steps."""
+
+
+class XtuneAmpOptimWrapper(SkipNonFiniteMixin, AmpOptimWrapper):
+    """mmengine's AmpOptimWrapper that can skip non-finite steps."""
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -16,7 +46,7 @@ def DtypeOptimWrapper(optimizer: torch.optim.Optimizer, dtype: str = "auto", **k
         kwargs["clip_grad"] = None  # max_norm = None turns clipping off
     resolved = resolve_dtype(dtype)
     if resolved == "fp32":
-        return OptimWrapper(optimizer=optimizer, **kwargs)
+        return XtuneOptimWrapper(optimizer=optimizer, **kwargs)
     amp_dtype = "bfloat16" if resolved == "bf16" else "float16"
     loss_scale = "dynamic" if resolved == "fp16" else 1.0
-    return AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype, loss_scale=loss_scale, **kwargs)
+    return XtuneAmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype, loss_scale=loss_scale, **kwargs)
