@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from xtune.dataset.dataset_info import DatasetSpec
 from xtune.dataset.formats import convert_row, convert_rows, fill_placeholders
-from xtune.dataset.loading import DatasetSpec
 from xtune.errors import DataError
 
 SOURCE = "/data/train.json"

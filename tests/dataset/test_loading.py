@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from xtune import paths
+from xtune.dataset.dataset_info import DatasetSpec, load_dataset_info, resolve_dataset
 from xtune.dataset.formats import convert_rows
-from xtune.dataset.loading import DatasetSpec, load_dataset_info, load_rows, resolve_dataset
+from xtune.dataset.loading import load_rows
 from xtune.errors import ConfigError, DataError
 
 ALPACA = [

@@ -29,7 +29,8 @@ from typing import Any, NoReturn
 
 import datasets
 
-from xtune.dataset.loading import DEFAULT_TAGS, FORMATS, DatasetSpec, iter_rows
+from xtune.dataset.dataset_info import DEFAULT_TAGS, FORMATS, DatasetSpec
+from xtune.dataset.loading import iter_rows
 from xtune.errors import ConfigError, DataError
 
 # Many ShareGPT files say user/assistant instead of human/gpt: accepted unless the tag is set.

@@ -14,9 +14,10 @@ from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
 from xtune import __version__
+from xtune.dataset.dataset_info import FORMATS, DatasetSpec, resolve_dataset
 from xtune.dataset.encode import EncodeOptions, encode_conversations, encode_texts
 from xtune.dataset.formats import convert_row, fill_placeholders
-from xtune.dataset.loading import FORMATS, DatasetSpec, load_rows, resolve_dataset
+from xtune.dataset.loading import load_rows
 from xtune.dataset.packing import pack_indices, packing_efficiency
 from xtune.dataset.tokenizer import load_tokenizer
 from xtune.errors import ConfigError, DataError
