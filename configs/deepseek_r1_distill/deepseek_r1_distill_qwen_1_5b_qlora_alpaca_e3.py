@@ -1,14 +1,5 @@
-# DeepSeek-R1-Distill-Qwen-1.5B: QLoRA (4-bit NF4 base + LoRA adapters; needs a CUDA GPU with bitsandbytes),
-# on Stanford Alpaca (52k English instructions, from the Hugging Face Hub).
-_base_ = ['../_base_/models/qlora.py', '../_base_/datasets/alpaca.py', '../_base_/schedules/cosine.py',
-          '../_base_/default_runtime.py']
+# DeepSeek-R1-Distill-Qwen-1.5B: QLoRA, i.e. deepseek_r1_distill_qwen_1_5b_lora_alpaca_e3,
+# with the base model loaded in 4 bits (NF4 with double quantisation; needs a CUDA GPU with bitsandbytes).
+_base_ = ['./deepseek_r1_distill_qwen_1_5b_lora_alpaca_e3.py']
 
-pretrained_model_name_or_path = 'deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B'
-prompt_template = 'deepseek'  # as officially, reasoning before </think> is dropped from earlier turns
-# rank 16, alpha 32 for a small model; the base's r=64/alpha=16 is for 7B+
-model = dict(lora=dict(r=16, lora_alpha=32))
-max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
-lr = 1e-4
-max_epochs = 3
+model = dict(finetune_type='qlora')

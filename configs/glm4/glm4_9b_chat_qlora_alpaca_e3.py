@@ -1,15 +1,6 @@
-# GLM-4-9B-Chat: QLoRA (4-bit NF4 base + LoRA adapters; needs a CUDA GPU with bitsandbytes),
-# on Stanford Alpaca (52k English instructions, from the Hugging Face Hub).
-_base_ = ['../_base_/models/qlora.py', '../_base_/datasets/alpaca.py', '../_base_/schedules/cosine.py',
-          '../_base_/default_runtime.py']
+# GLM-4-9B-Chat: QLoRA, i.e. glm4_9b_chat_lora_alpaca_e3 with the base model loaded in 4 bits
+# (NF4 with double quantisation; needs a CUDA GPU with bitsandbytes).
+_base_ = ['./glm4_9b_chat_lora_alpaca_e3.py']
 
-pretrained_model_name_or_path = 'THUDM/glm-4-9b-chat'
-prompt_template = 'glm4'
-trust_remote_code = True  # glm-4-9b-chat's ChatGLM code lives in its Hub repository: read it before running
-# ChatGLM's attention and MLP layers; its output_layer stays frozen
-model = dict(lora=dict(target_modules=['query_key_value', 'dense', 'dense_h_to_4h', 'dense_4h_to_h']))
-max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
-lr = 2e-4  # r=64/alpha=16 LoRA (QLoRA paper, XTuner defaults for 7B-class models)
-max_epochs = 3
+model = dict(finetune_type='qlora')
+trust_remote_code = True  # the model's own code from its Hub repository, as in the base config

@@ -1,15 +1,6 @@
-# InternLM2.5-7B-Chat: QLoRA (4-bit NF4 base + LoRA adapters; needs a CUDA GPU with bitsandbytes),
-# on Stanford Alpaca (52k English instructions, from the Hugging Face Hub).
-_base_ = ['../_base_/models/qlora.py', '../_base_/datasets/alpaca.py', '../_base_/schedules/cosine.py',
-          '../_base_/default_runtime.py']
+# InternLM2.5-7B-Chat: QLoRA, i.e. internlm2_5_7b_chat_lora_alpaca_e3 with the base model loaded in 4 bits
+# (NF4 with double quantisation; needs a CUDA GPU with bitsandbytes).
+_base_ = ['./internlm2_5_7b_chat_lora_alpaca_e3.py']
 
-pretrained_model_name_or_path = 'internlm/internlm2_5-7b-chat'
-prompt_template = 'internlm2'
-trust_remote_code = True  # InternLM2.5's modeling code lives in its Hub repository: read it before running
-# InternLM2's fused attention (wqkv, wo) and MLP (w1, w2, w3) layers; the output head stays frozen
-model = dict(lora=dict(target_modules=['wqkv', 'wo', 'w1', 'w2', 'w3']))
-max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
-lr = 2e-4  # r=64/alpha=16 LoRA (QLoRA paper, XTuner defaults for 7B-class models)
-max_epochs = 3
+model = dict(finetune_type='qlora')
+trust_remote_code = True  # the model's own code from its Hub repository, as in the base config

@@ -1,12 +1,5 @@
-# Qwen3-8B: LoRA adapters on every linear layer,
-# on Alpaca-GPT4 in Chinese (~49k instructions, from the Hugging Face Hub).
-_base_ = ['../_base_/models/lora.py', '../_base_/datasets/alpaca_zh.py', '../_base_/schedules/cosine.py',
-          '../_base_/default_runtime.py']
+# Qwen3-8B: qwen3_8b_lora_alpaca_e3 on Alpaca-GPT4 in Chinese (~49k instructions, from the Hugging Face Hub).
+_base_ = ['./qwen3_8b_lora_alpaca_e3.py']
 
-pretrained_model_name_or_path = 'Qwen/Qwen3-8B'
-prompt_template = 'qwen3'  # hybrid thinking: the last answer gets a (possibly empty) <think> block, as officially
-max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
-lr = 2e-4  # r=64/alpha=16 LoRA (QLoRA paper, XTuner defaults for 7B-class models)
-max_epochs = 3
+data_path = 'alpaca_zh'
+evaluation_inputs = ['请给出三条保持健康的建议。']
