@@ -264,6 +264,6 @@ def _finish(ids: list[int], labels: list[int], options: EncodeOptions) -> dict:
         status = "truncated"
     if labels:
         labels[0] = IGNORE_INDEX
-    if all(label == IGNORE_INDEX for label in labels):
+    if labels.count(IGNORE_INDEX) == len(labels):
         return {"input_ids": [], "labels": [], "status": "dropped: no trained tokens (after truncation)"}
     return {"input_ids": ids, "labels": labels, "status": status}

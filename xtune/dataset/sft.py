@@ -176,7 +176,7 @@ class SFTDataset(Dataset):
         return raw.map(
             _process_batch,
             batched=True,
-            batch_size=256,
+            batch_size=1000,
             fn_kwargs=fn_kwargs,
             remove_columns=raw.column_names,
             num_proc=self.num_proc if self.num_proc > 1 else None,
@@ -267,6 +267,6 @@ def _process_batch(batch: dict, spec, tokenizer, options, placeholders, skip_bad
             out["input_ids"].append(result["input_ids"])
             out["labels"].append(result["labels"])
             out["length"].append(len(result["input_ids"]))
-            out["trained"].append(sum(label != -100 for label in result["labels"]))
+            out["trained"].append(len(result["labels"]) - result["labels"].count(-100))
         out["status"].append(result["status"])
     return out
