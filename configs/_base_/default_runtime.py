@@ -5,6 +5,7 @@ runner_type = 'XtuneRunner'
 save_steps = 500  # optimizer steps between checkpoints
 save_total_limit = 2  # checkpoints kept (-1: all)
 log_interval = 10  # iterations between log lines
+save_hf_at_end = False  # also write WORK_DIR/hf (HF model or PEFT adapter) when training ends
 seed = 42  # fixed by default so that a resumed run shuffles exactly as the original did
 evaluation_freq = 0  # iterations between those answers; 0 = only at the end
 
@@ -23,6 +24,7 @@ custom_hooks = [
     dict(type='RNGStateHook'),
     dict(type='LossCurveHook'),
     dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}'),
+    dict(type='SaveHFHook', enabled='${save_hf_at_end}'),
 ]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))

@@ -292,9 +292,13 @@ def test_an_incomplete_zero_folder_is_refused(runs):
     assert state["meta"]["iter"] == 3 and isinstance(state["message_hub"]["log_scalars"], dict)
 
 
-def test_zero3_evaluate_chat_generates_on_every_rank_and_writes_once(tiny_llama, alpaca_file, tmp_path):
+def test_zero3_evaluate_chat_and_save_hf_at_end(tiny_llama, alpaca_file, tmp_path):
     # Under ZeRO-3 a generate on one rank alone would wait forever for the others' weight shards.
-    options = _options(tiny_llama, alpaca_file, 2, max_epochs=1, evaluation_inputs=["Who are you?"])
+    options = _options(
+        tiny_llama, alpaca_file, 2, max_epochs=1, evaluation_inputs=["Who are you?"], save_hf_at_end=True
+    )
     _run_ranks(LORA, tmp_path, "zero3", options)
     records = [json.loads(line) for line in (tmp_path / "eval_chat.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["prompt"] == "Who are you?" and records[0]["answer"]
+    # save_hf_at_end: the adapter is gathered from both ranks' ZeRO-3 shards
+    assert (tmp_path / "hf" / "adapter_model.safetensors").exists()

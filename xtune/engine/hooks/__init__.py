@@ -4,6 +4,7 @@ from xtune.engine.hooks.checkpoint import AtomicCheckpointHook
 from xtune.engine.hooks.evaluate_chat import EvaluateChatHook
 from xtune.engine.hooks.info import DatasetInfoHook, LossCurveHook
 from xtune.engine.hooks.rng import RNGStateHook
+from xtune.engine.hooks.save_hf import SaveHFHook
 from xtune.engine.hooks.throughput import ThroughputHook
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "EvaluateChatHook",
     "LossCurveHook",
     "RNGStateHook",
+    "SaveHFHook",
     "ThroughputHook",
 ]
