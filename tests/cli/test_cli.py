@@ -105,3 +105,14 @@ def test_copy_cfg_then_train_the_copy(tmp_path, capsys):
     assert (work / "loss_curve.png").exists()
     scalars = next(work.glob("*/vis_data/scalars.json")).read_text().splitlines()
     assert "loss" in json.loads(scalars[0]) and "lr" in json.loads(scalars[0])
+
+
+def test_multi_process_launch_checks_the_config_before_starting_workers(monkeypatch, capsys):
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    started = []
+    monkeypatch.setattr("xtune.cli.train.launch_workers", lambda argv: started.append(argv) or 0)
+    assert main(["train", TINY, "--cfg-options", "no_such_knob=1"]) == 2
+    assert not started and "no_such_knob" in capsys.readouterr().err
+    assert main(["train", TINY, "--cfg-options", "lr=0.1"]) == 0
+    assert started == [[TINY, "--cfg-options", "lr=0.1"]]

@@ -191,6 +191,8 @@ def train(args: argparse.Namespace) -> int:
     if args.deepspeed:
         _check_deepspeed_arg(args.deepspeed)
     if _wants_workers(args):
+        # a bad config or option fails here, once, not in every worker
+        load_config(find_config(args.config), parse_cfg_options(args.cfg_options))
         return launch_workers(args.argv[1:])
     cfg = prepare_config(args)
     import xtune.engine  # noqa: F401  (registers the runner, loop and hooks)
