@@ -47,7 +47,7 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
     """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` and the allow-list.
 
     It replaces whatever engine the DeepSpeed config chose (custom writers included): DeepSpeed's
-    own engines load with ``weights_only=False``.
+    own engines unpickle whatever a file holds (weights_only off).
     """
 
     def load(self, path: str, map_location=None):
