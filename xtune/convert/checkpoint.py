@@ -9,8 +9,6 @@ weights for every finetuning type but ``full``).
 
 import copy
 import logging
-import pickle
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +76,7 @@ def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
         return TrainedCheckpoint(state=_checked_state(_read_folder(path), path))
     from xtune.engine.runner import load_checkpoint_file
 
-    try:
-        checkpoint = load_checkpoint_file(str(path))
-    except pickle.UnpicklingError as exc:
-        # weights_only loading refuses pickled Python objects beyond tensors and plain data
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
-        raise CheckpointError(
-            f"{path} is not an xtune checkpoint: it holds {what}, which xtune does not load (loading it "
-            "could run code). Pass an iter_*.pth that xtune train wrote."
-        ) from None
+    checkpoint = load_checkpoint_file(str(path))
     meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
     config_text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else None
     return TrainedCheckpoint(_checked_state(checkpoint["state_dict"], path), config_text, meta)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from xtune.errors import CheckpointError
+from xtune.errors import CheckpointError, refused_pickle
 
 StateDict = dict[str, torch.Tensor]
 
@@ -83,8 +83,7 @@ def load_deepspeed_file(path: str | Path, allowed: list | None = None, map_locat
                     raise
                 return torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        what = refused_pickle(exc) or "pickled Python objects"
         raise CheckpointError(
             f"{path} holds {what}, which is not among what DeepSpeed checkpoints hold; xtune does not load "
             "it (loading could run code). Pass a checkpoint folder that xtune train --deepspeed wrote."

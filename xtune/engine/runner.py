@@ -10,7 +10,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
 
-from xtune.errors import CheckpointError
+from xtune.errors import CheckpointError, refused_pickle
 from xtune.registry import RUNNERS
 
 # torch.load always runs with weights_only=True. mmengine's checkpoints pickle its HistoryBuffer objects
@@ -70,6 +70,12 @@ def load_checkpoint_file(path: str, map_location: str = "cpu") -> dict:
         with safe_loading():
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        what = refused_pickle(exc)
+        if what:
+            raise CheckpointError(
+                f"{path} is not an xtune checkpoint: it holds {what}, which xtune does not load (loading it "
+                "could run code). Pass an iter_*.pth that xtune train wrote."
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path} ({first}). It may be truncated (an interrupted copy or save) "
