@@ -52,6 +52,7 @@ class ChatSession:
         stop_words: Strings that end an answer (see :func:`xtune.chat.stopping.template_stop_words`).
         system: An optional system prompt, sent first in every conversation.
         settings: Sampling settings.
+        generate_kwargs: More arguments for ``model.generate`` (e.g. ``synced_gpus`` under ZeRO-3).
     """
 
     def __init__(
@@ -61,8 +62,10 @@ class ChatSession:
         stop_words: list[str],
         system: str | None = None,
         settings: GenerationSettings | None = None,
+        generate_kwargs: dict | None = None,
     ) -> None:
         self.model = model
+        self.generate_kwargs = dict(generate_kwargs or {})
         self.tokenizer = tokenizer
         self.stop_words = list(stop_words)
         self.system = system
@@ -129,6 +132,7 @@ class ChatSession:
             streamer=streamer,
             use_cache=True,
             **self.settings.to_generate_kwargs(),
+            **self.generate_kwargs,
         )
         answer = self.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
         answer = cut_at_stop(answer, self.stop_words).strip()

@@ -3,7 +3,6 @@
 import json
 import os.path as osp
 
-import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
@@ -14,8 +13,9 @@ from xtune.registry import HOOKS
 class EvaluateChatHook(Hook):
     """Answers ``evaluation_inputs`` greedily every ``every_n_iters`` iterations and at the end.
 
-    Prompts go through the training tokenizer's chat template, so the model is asked exactly as it is
-    trained. Answers are logged and appended to ``eval_chat.jsonl`` in the work dir.
+    Prompts go through :class:`xtune.chat.session.ChatSession` with the training tokenizer's chat template
+    and its stop words, so the model is asked exactly as it is trained and as ``xtune chat`` asks it.
+    Answers are logged and appended to ``eval_chat.jsonl`` in the work dir.
 
     Args:
         evaluation_inputs: User prompts.
@@ -41,36 +41,31 @@ class EvaluateChatHook(Hook):
     def after_train(self, runner) -> None:
         self._generate(runner)
 
-    @torch.no_grad()
     def _generate(self, runner) -> None:
+        from xtune.chat.session import ChatSession, GenerationSettings
+        from xtune.chat.stopping import template_stop_words
+
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         llm = model.llm
         # Under ZeRO-3 every forward gathers weights from all ranks: every rank must generate, in step.
         sharded = any(hasattr(p, "ds_numel") for p in llm.parameters())
         if not self.inputs or (runner.rank != 0 and not sharded):
             return
-        tokenizer = runner.train_dataloader.dataset.tokenizer
+        tokenizer = runner.train_dataloader.dataset.tokenizer  # with the training chat template installed
+        session = ChatSession(
+            llm,
+            tokenizer,
+            template_stop_words(tokenizer, "auto"),
+            system=self.system,
+            settings=GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=0),
+            generate_kwargs={"synced_gpus": sharded},
+        )
         was_training = llm.training
         llm.eval()
-        device = next(llm.parameters()).device
         records = []
         for prompt in self.inputs:
-            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-                {"role": "user", "content": prompt}
-            ]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-            out = llm.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                use_cache=True,
-                synced_gpus=sharded,
-            )
-            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            session.reset()  # each prompt is a conversation of its own
+            answer = session.ask(prompt)
             records.append({"iter": runner.iter + 1, "prompt": prompt, "answer": answer})
             print_log(f"[eval] {prompt!r} -> {answer!r}", logger="current")
         llm.train(was_training)
