@@ -164,3 +164,13 @@ def test_qwen3_multi_turn_with_tools_trains_every_assistant_turn(tokenizer):
     assert "<tool_call>" in runs[0] and runs[0].endswith("<|im_end|>")
     assert runs[1].strip() == "It is 21 degrees.<|im_end|>"
     assert runs[2].strip().endswith("You are welcome.<|im_end|>")
+
+
+def test_token_ranges_agree_for_fast_encodings_and_slow_tokenizer_offsets(tokenizer):
+    from xtune.dataset.encode import _token_ranges, assistant_spans
+
+    text, spans = assistant_spans(tokenizer, CONVERSATION, TOOLS)
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    ranges = _token_ranges(encoding, spans)
+    assert len(ranges) == 3
+    assert _token_ranges(list(encoding.offsets), spans) == ranges

@@ -13,7 +13,6 @@ the sample predicts it, which keeps packed rows from training across sample boun
 import os
 from dataclasses import dataclass
 
-import numpy as np
 from jinja2 import TemplateError
 
 from xtune.errors import DataError
@@ -112,27 +111,6 @@ def assistant_spans(
     return full, spans
 
 
-def labels_from_spans(input_ids, offsets, spans: list[tuple[int, int]]) -> list[int]:
-    """Label a token when its characters overlap a trained span; -100 elsewhere.
-
-    Args:
-        input_ids: Token ids.
-        offsets: ``(start, end)`` character offsets of each token.
-        spans: Sorted, non-overlapping ``(start, end)`` character spans to train.
-    """
-    ids = np.asarray(input_ids, dtype=np.int64)
-    if not spans or not len(ids):
-        return [IGNORE_INDEX] * len(ids)
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    starts = np.asarray([s for s, _ in spans])
-    ends = np.asarray([e for _, e in spans])
-    # the last span starting before each token's end; it overlaps the token when it ends after its start
-    index = np.searchsorted(starts, offsets[:, 1], side="left") - 1
-    valid = index >= 0
-    overlaps = valid & (ends[np.clip(index, 0, None)] > offsets[:, 0]) & (offsets[:, 1] > offsets[:, 0])
-    return np.where(overlaps, ids, IGNORE_INDEX).tolist()
-
-
 def encode_conversations(
     tokenizer, samples: list[dict], options: EncodeOptions, where: list[str] | None = None, skip_bad: bool = False
 ) -> list[dict]:
@@ -184,15 +162,14 @@ def encode_conversations(
             results.append({"input_ids": [], "labels": [], "status": failed[index]})
             continue
         ids = list(ids)
-        if isinstance(encoding, list):  # a slow tokenizer: its offsets
-            labels = labels_from_spans(ids, encoding, spans)
-        else:
-            labels = [IGNORE_INDEX] * len(ids)
-            for first, stop in _token_ranges(encoding, spans):
-                labels[first:stop] = ids[first:stop]
+        ranges = _token_ranges(encoding, spans)
+        labels = [IGNORE_INDEX] * len(ids)
+        for first, stop in ranges:
+            labels[first:stop] = ids[first:stop]
         if add_eos:
-            offsets = encoding if isinstance(encoding, list) else encoding.offsets
-            ids, labels = _append_eos_after_spans(ids, labels, offsets, spans, tokenizer.eos_token_id)
+            for _, stop in reversed(ranges):  # from the end, so earlier positions stay valid
+                ids.insert(stop, tokenizer.eos_token_id)
+                labels.insert(stop, tokenizer.eos_token_id)
         results.append(_finish(ids, labels, options))
     return results
 
@@ -200,28 +177,25 @@ def encode_conversations(
 def _token_ranges(encoding, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Token index ranges ``[first, stop)`` covering every token that overlaps each character span.
 
+    Args:
+        encoding: A fast tokenizer's Rust encoding, or a slow tokenizer's ``(start, end)`` token offsets.
+        spans: Sorted, non-overlapping character spans.
+
     Asking the Rust encoding for the tokens at the span ends is much cheaper than converting every
     token's offsets to Python.
     """
+    if isinstance(encoding, list):
+        owner = {c: t for t, (start, end) in enumerate(encoding) for c in range(start, end)}
+        token_at = owner.get
+    else:
+        token_at = encoding.char_to_token
     ranges = []
     for start, end in spans:
-        first = next((t for c in range(start, end) if (t := encoding.char_to_token(c)) is not None), None)
-        last = next((t for c in range(end - 1, start - 1, -1) if (t := encoding.char_to_token(c)) is not None), None)
+        first = next((t for c in range(start, end) if (t := token_at(c)) is not None), None)
+        last = next((t for c in range(end - 1, start - 1, -1) if (t := token_at(c)) is not None), None)
         if first is not None and last is not None and last >= first:
             ranges.append((first, last + 1))
     return ranges
-
-
-def _append_eos_after_spans(ids, labels, offsets, spans, eos_id: int) -> tuple[list[int], list[int]]:
-    ends = sorted({max((t for t, (start, _) in enumerate(offsets) if start < end), default=-1) for _, end in spans})
-    out_ids, out_labels = [], []
-    for t, (token, label) in enumerate(zip(ids, labels)):
-        out_ids.append(token)
-        out_labels.append(label)
-        if t in ends:
-            out_ids.append(eos_id)
-            out_labels.append(eos_id)
-    return out_ids, out_labels
 
 
 def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list]:
