@@ -71,16 +71,16 @@ def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_llama, alpaca_file, tm
 
     @HOOKS.register_module(force=True)
     class PoisonOnceHook(Hook):
-        """Makes the logits of iteration 3 NaN, once."""
+        """Makes the hidden states of iteration 3 NaN, once."""
 
         def before_train_iter(self, runner, batch_idx, data_batch=None):
             if runner.iter == 2:
-                llm = runner.model.llm
+                decoder = runner.model.causal_lm().get_decoder()
 
                 def poison(module, args, output):
-                    output.logits.mul_(float("nan"))  # in place; returning None keeps the output
+                    output.last_hidden_state.mul_(float("nan"))  # in place; returning None keeps the output
 
-                self.handle = llm.register_forward_hook(poison)
+                self.handle = decoder.register_forward_hook(poison)
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             if getattr(self, "handle", None):

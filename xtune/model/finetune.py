@@ -5,13 +5,15 @@ wrap linear layers with peft adapters; ``qlora`` loads the base in 4 bits (bitsa
 Checkpoints of every type but ``full`` hold only the trainable weights.
 """
 
+import os
+
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from transformers import AutoModelForCausalLM
 
 from xtune.errors import ConfigError, XtuneError
-from xtune.model.loss import shifted_token_loss_sum
+from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
@@ -23,6 +25,12 @@ LORA_DEFAULTS = {
     "target_modules": "all-linear",
     "modules_to_save": None,
 }
+# Architectures whose causal-LM head is ``lm_head(decoder(...))``, optionally soft-capped: for them the
+# chunked loss reproduces the logits' loss (tests/model/test_loss.py checks each against its own logits).
+# Others train on the full logits.
+CHUNKED_LOSS_MODEL_TYPES = frozenset(
+    {"llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "phi3", "glm4"}
+)
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -52,6 +60,10 @@ class SupervisedFinetune(BaseModel):
         attn_implementation: ``auto`` (sdpa where the model supports it, else eager), or any
             transformers attention implementation.
         trust_remote_code: Run the model repository's own code. Off unless a config sets it.
+        loss_chunk_size: Compute the output layer and cross-entropy this many tokens at a time, never
+            holding the full-vocabulary logits; 0 computes the full logits as transformers does. The
+            loss is the same either way; architectures outside ``CHUNKED_LOSS_MODEL_TYPES`` and
+            ZeRO-3-partitioned output layers always use the full logits.
     """
 
     def __init__(
@@ -65,11 +77,17 @@ class SupervisedFinetune(BaseModel):
         gradient_checkpointing: bool | str = "auto",
         attn_implementation: str = "auto",
         trust_remote_code: bool = False,
+        loss_chunk_size: int = 1024,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
         if finetune_type not in FINETUNE_TYPES:
             raise ConfigError(f"model.finetune_type must be one of {FINETUNE_TYPES}, got '{finetune_type}'.")
+        if not isinstance(loss_chunk_size, int) or isinstance(loss_chunk_size, bool) or loss_chunk_size < 0:
+            raise ConfigError(
+                f"model.loss_chunk_size must be a whole number of tokens (0 = full logits), got {loss_chunk_size!r}."
+            )
+        self.loss_chunk_size = loss_chunk_size
         self.finetune_type = finetune_type
         self.dtype = resolve_dtype(dtype)
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
@@ -110,7 +128,9 @@ class SupervisedFinetune(BaseModel):
 
         settings = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, **quantization}
         settings["bnb_4bit_compute_dtype"] = DTYPES[self.dtype]
-        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, **settings)}
+        # bitsandbytes quantises as the weights reach the GPU: load them straight onto this rank's one
+        device = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, **settings), "device_map": device}
 
     def _want_checkpointing(self, setting: bool | str) -> bool:
         if setting == "auto":
@@ -163,16 +183,39 @@ class SupervisedFinetune(BaseModel):
         """``mode="loss"``: the summed token loss times ``loss_scale`` (default: 1 / trained tokens).
 
         ``position_ids`` without ``attention_mask`` marks packed rows: positions restart at each sample.
-        ``num_tokens`` (the batch's real tokens, for throughput logging) is not used here.
+        ``num_tokens`` (each row's real tokens, for throughput logging) is not used here.
         """
-        outputs = self.llm(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        if mode != "loss":
-            return outputs.logits
-        loss_sum, count = shifted_token_loss_sum(outputs.logits, labels)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        head = self._chunkable_head() if mode == "loss" else None
+        if head is not None:
+            causal_lm = self.causal_lm()
+            hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+            softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+            loss_sum, count = chunked_token_loss_sum(hidden, head.weight, labels, self.loss_chunk_size, softcap)
+        else:
+            logits = self.llm(**inputs, use_cache=False).logits
+            if mode != "loss":
+                return logits
+            loss_sum, count = shifted_token_loss_sum(logits, labels)
         scale = loss_scale if loss_scale is not None else 1.0 / max(int(count), 1)
         return {"loss": loss_sum * scale}
+
+    def causal_lm(self):
+        """The transformers causal LM, under peft's wrapper where there is one."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def _chunkable_head(self) -> torch.nn.Linear | None:
+        """The output layer when the chunked loss applies to it, else None."""
+        if not self.loss_chunk_size:
+            return None
+        causal_lm = self.causal_lm()
+        head = causal_lm.get_output_embeddings()
+        # exactly nn.Linear: peft's LoRA/modules_to_save wrappers and quantised layers compute differently
+        if causal_lm.config.model_type not in CHUNKED_LOSS_MODEL_TYPES or type(head) is not torch.nn.Linear:
+            return None
+        if head.bias is not None or hasattr(head.weight, "ds_id"):  # ds_id: a ZeRO-3 shard, gathered in forward
+            return None
+        return head
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self, *args, **kwargs) -> dict:

@@ -2,6 +2,14 @@
 
 Summing here and dividing by the trained-token count of the whole optimizer step (all micro-batches,
 all ranks) makes accumulation, data parallelism and packing give the same gradients as one big batch.
+
+Two ways to the same number:
+
+- :func:`shifted_token_loss_sum` takes the model's logits, as transformers computes them.
+- :func:`chunked_token_loss_sum` takes the last hidden states and the output layer's weight and never
+  holds more than ``chunk_size`` rows of logits: at 8192 tokens and a 128k vocabulary the full fp32
+  logits and their gradient are 8 GiB, a 1024-token chunk 0.5 GiB. Gradients are computed chunk by
+  chunk during the forward pass (the loss is a scalar, so they only wait for its upstream factor).
 """
 
 import torch
@@ -21,3 +29,84 @@ def shifted_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     shift_labels = labels[:, 1:].reshape(-1)
     loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (shift_labels != IGNORE_INDEX).sum()
+
+
+def chunked_token_loss_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`shifted_token_loss_sum` of ``hidden @ weight.T``, without materialising those logits.
+
+    Args:
+        hidden: ``(batch, seq, hidden)``, the decoder's last hidden states.
+        weight: ``(vocab, hidden)``, the output layer's weight (no bias).
+        labels: ``(batch, seq)``, unshifted, -100 where not trained.
+        chunk_size: Token rows of logits computed at a time.
+        softcap: Final logit soft-capping (``softcap * tanh(logits / softcap)``, Gemma 2), or None.
+
+    Returns:
+        The summed loss (fp32 scalar) and the number of trained tokens.
+    """
+    shift_hidden = hidden[:, :-1, :].reshape(-1, hidden.size(-1))
+    shift_labels = labels[:, 1:].reshape(-1)
+    trained = shift_labels != IGNORE_INDEX
+    # Rows that train nothing need no logits at all: prompts are often half of every sample.
+    rows = trained.nonzero().squeeze(1)
+    loss_sum = _ChunkedLinearCrossEntropy.apply(
+        shift_hidden.index_select(0, rows), weight, shift_labels.index_select(0, rows), chunk_size, softcap
+    )
+    return loss_sum, trained.sum()
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``labels`` (every row trained)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_size, softcap):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        # One chunk's weight gradient is rounded to the weight's dtype (as one big matmul would be);
+        # the chunks add up in fp32.
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), chunk_size):
+            part = hidden[start : start + chunk_size]
+            targets = labels[start : start + chunk_size]
+            # The same casts as the plain path: logits in the matmul's dtype, loss in fp32.
+            logits = (part @ weight.t()).float()
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            log_norm = torch.logsumexp(logits, dim=-1)
+            loss_sum += (log_norm - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
+            if not (want_hidden or want_weight):
+                continue
+            grad_logits = torch.exp(logits - log_norm.unsqueeze(1))  # softmax, reusing the buffer's size
+            grad_logits[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
+            if softcap:
+                grad_logits *= 1.0 - capped * capped
+            grad_logits = grad_logits.to(part.dtype)
+            if want_hidden:
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+            if want_weight:
+                grad_weight += (grad_logits.t() @ part).float()
+        ctx.save_for_backward(
+            grad_hidden if want_hidden else None,
+            grad_weight.to(weight.dtype) if want_weight else None,
+        )
+        return loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        # Scale in fp32 like the plain path, whose logits' gradient carries the factor before casting.
+        if grad_hidden is not None:
+            grad_hidden = (grad_hidden.float() * grad_loss).to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight.float() * grad_loss).to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None

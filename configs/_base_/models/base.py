@@ -3,6 +3,9 @@ pretrained_model_name_or_path = None
 dtype = 'auto'  # auto = bf16 on GPUs that support it, fp32 on CPU
 trust_remote_code = False  # only configs of models that need their repository's code set this
 gradient_checkpointing = 'auto'  # auto = on for models over 1B parameters
+# The output layer and loss run this many tokens at a time, so the full-vocabulary logits (8 GiB in fp32
+# for 8192 tokens x 128k vocabulary, with their gradient) never exist at once; 0 = compute them whole.
+loss_chunk_size = 1024
 
 model = dict(
     type='SupervisedFinetune',
@@ -10,4 +13,5 @@ model = dict(
     dtype='${dtype}',
     gradient_checkpointing='${gradient_checkpointing}',
     trust_remote_code='${trust_remote_code}',
+    loss_chunk_size='${loss_chunk_size}',
 )
