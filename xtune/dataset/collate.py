@@ -16,7 +16,7 @@ def sft_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of:
 
     Returns:
         ``input_ids``, ``labels`` and ``attention_mask`` or ``position_ids``, as LongTensors, and
-        ``num_tokens``, the count of real (non-pad) tokens, for throughput.
+        ``num_tokens``, each row's count of real (non-pad) tokens, for throughput.
     """
     longest = max(len(item["input_ids"]) for item in batch)
     width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
@@ -36,7 +36,7 @@ def sft_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of:
     out = {
         "input_ids": input_ids,
         "labels": labels,
-        "num_tokens": torch.tensor(sum(len(i["input_ids"]) for i in batch)),
+        "num_tokens": torch.tensor([len(item["input_ids"]) for item in batch]),
     }
     out["position_ids" if packed else "attention_mask"] = extra
     return out

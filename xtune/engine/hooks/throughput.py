@@ -1,8 +1,17 @@
-"""Tokens per second per device, TFLOP/s and model-FLOPs utilisation."""
+"""Tokens per second per device, TFLOP/s and model-FLOPs utilisation, per iteration and for the run.
 
+FLOPs count the work the model does for its real tokens, padding excluded: 6 x the parameters that
+multiply each token (all but the input embedding; an output layer tied to it still counts) for the
+forward and backward pass, plus causal attention within each sample (see :func:`training_flops`).
+Recomputation under gradient checkpointing is not counted, as usual for model-FLOPs utilisation.
+"""
+
+import json
 import time
+from pathlib import Path
 
 import torch
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
 from xtune.registry import HOOKS
@@ -28,46 +37,134 @@ def device_peak_flops() -> float | None:
     return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
 
 
+def _full_numel(param: torch.Tensor) -> int:
+    if hasattr(param, "ds_numel"):  # a ZeRO-3 shard
+        return int(param.ds_numel)
+    quant_state = getattr(param, "quant_state", None)  # bitsandbytes 4-bit: packed two to a byte
+    if quant_state is not None:
+        return int(quant_state.shape.numel())
+    return param.numel()
+
+
+def matmul_parameters(causal_lm: torch.nn.Module) -> int:
+    """Parameters each token is multiplied by: all but the input embedding, unless the output layer is it."""
+    total = sum(_full_numel(p) for p in causal_lm.parameters())  # parameters() lists a tied weight once
+    embedding = causal_lm.get_input_embeddings().weight
+    output = causal_lm.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+    return total if tied else total - _full_numel(embedding)
+
+
+def attention_width(config) -> int:
+    """Query heads x head size (not always the hidden size, e.g. Qwen 3, Gemma)."""
+    heads = getattr(config, "num_attention_heads", 0) or 0
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // max(heads, 1))
+    return heads * head_dim
+
+
+def training_flops(matmul_params: int, layers: int, width: int, lengths: list[int]) -> float:
+    """Forward + backward FLOPs of samples of the given lengths.
+
+    Per token 6 x ``matmul_params``; per sample of ``L`` tokens, causal attention's two matmuls (scores
+    and weighted values, 2 x 2 x L^2/2 x width each layer forward) times 3 for the backward pass:
+    6 x layers x width x L^2.
+    """
+    tokens = sum(lengths)
+    return 6.0 * matmul_params * tokens + 6.0 * layers * width * sum(n * n for n in lengths)
+
+
+def sample_lengths(batch: dict) -> list[int]:
+    """The real samples' lengths in a collated batch: packed rows split where positions restart."""
+    rows = batch["num_tokens"].reshape(-1).tolist()
+    if "position_ids" not in batch or batch["position_ids"] is None:
+        return [int(n) for n in rows]
+    lengths = []
+    for positions, real in zip(batch["position_ids"], rows, strict=True):
+        starts = (positions[: int(real)] == 0).nonzero().squeeze(1).tolist() + [int(real)]
+        lengths += [end - start for start, end in zip(starts, starts[1:], strict=False) if end > start]
+    return lengths
+
+
 @HOOKS.register_module()
 class ThroughputHook(Hook):
-    """Logs ``tokens_per_sec`` (real, non-pad tokens per device), ``tflops`` and ``mfu`` each iteration.
+    """Logs ``tokens_per_sec`` (real, non-pad tokens per device), ``tflops`` and ``mfu`` each iteration,
+    and writes ``WORK_DIR/throughput.json`` at the end: wall-clock tokens/s over the iterations after
+    the first ``warmup_iters`` (data loading and every hook included), TFLOP/s, MFU and peak GPU memory.
 
-    FLOPs per token are 6 x parameters (forward and backward) plus attention's 12 x layers x hidden x
-    the mean attended length (which packing and padding both bound by the sample lengths).
+    Args:
+        warmup_iters: Iterations left out of the run's summary (compilation, allocator warm-up).
     """
 
     priority = "BELOW_NORMAL"
 
-    def __init__(self) -> None:
+    def __init__(self, warmup_iters: int = 2) -> None:
+        self.warmup_iters = warmup_iters
         self._start = 0.0
         self._params = 0
         self._layers = 0
-        self._hidden = 0
+        self._width = 0
         self._peak = None
+        self._seen = 0
+        self._summary_start: float | None = None
+        self._summary_end = 0.0
+        self._totals = {"iters": 0, "tokens": 0, "flops": 0.0}
 
     def before_train(self, runner) -> None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        # ZeRO-3 leaves each rank a shard: ds_numel is a parameter's full size
-        self._params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-        config = getattr(getattr(model, "llm", None), "config", None)
-        self._layers = getattr(config, "num_hidden_layers", 0) or 0
-        self._hidden = getattr(config, "hidden_size", 0) or 0
+        causal_lm = model.causal_lm() if hasattr(model, "causal_lm") else None
+        if causal_lm is not None:
+            self._params = matmul_parameters(causal_lm)
+            self._layers = getattr(causal_lm.config, "num_hidden_layers", 0) or 0
+            self._width = attention_width(causal_lm.config)
         self._peak = device_peak_flops()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _synchronize()
         self._start = time.perf_counter()
+        if self._summary_start is None and self.warmup_iters <= 0:
+            self._summary_start = self._start
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        tokens = int(data_batch["num_tokens"]) if "num_tokens" in data_batch else data_batch["input_ids"].numel()
-        rows = data_batch["input_ids"].shape[0]
-        mean_len = tokens / max(rows, 1)
-        flops = tokens * (6 * self._params + 12 * self._layers * self._hidden * mean_len)
+        _synchronize()
+        now = time.perf_counter()
+        elapsed = max(now - self._start, 1e-9)
+        lengths = sample_lengths(data_batch)
+        tokens = sum(lengths)
+        flops = training_flops(self._params, self._layers, self._width, lengths)
         runner.message_hub.update_scalar("train/tokens_per_sec", tokens / elapsed)
         runner.message_hub.update_scalar("train/tflops", flops / elapsed / 1e12)
         if self._peak:
             runner.message_hub.update_scalar("train/mfu", flops / elapsed / self._peak)
+        self._seen += 1
+        if self._summary_start is None:
+            if self._seen >= self.warmup_iters:  # the clock starts as the last warm-up iteration ends
+                self._summary_start = now
+            return
+        self._totals["iters"] += 1
+        self._totals["tokens"] += tokens
+        self._totals["flops"] += flops
+        self._summary_end = now
+
+    def after_train(self, runner) -> None:
+        if not is_main_process():
+            return
+        seconds = (self._summary_end - self._summary_start) if self._totals["iters"] else 0.0
+        summary = {
+            "warmup_iters": self.warmup_iters,
+            "iters": self._totals["iters"],
+            "tokens": self._totals["tokens"],
+            "seconds": seconds,
+            "tokens_per_sec": self._totals["tokens"] / seconds if seconds else None,
+            "tflops": self._totals["flops"] / seconds / 1e12 if seconds else None,
+            "mfu": self._totals["flops"] / seconds / self._peak if seconds and self._peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "matmul_parameters": self._params,
+        }
+        Path(runner.work_dir, "throughput.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
