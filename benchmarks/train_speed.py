@@ -1,0 +1,381 @@
+"""Training speed and memory of xtune against plain transformers + peft, same model shape and data.
+
+Each case runs in a child process of its own, so that its peak memory is its own:
+
+- ``xtune``: the real path, ``xtune train`` on a config (Runner, hooks, packed rows of ``seq``
+  tokens); its numbers come from ``throughput.json``, which the ThroughputHook writes.
+- ``hf_padded``: transformers + peft as HF users write it: the same tokenised samples in batches of
+  ``--batch`` padded to the longest, ``model(..., labels=...)``, fused torch AdamW.
+- ``hf_full_rows``: the same loop fed rows of exactly ``seq`` tokens with no padding at all.
+
+Tokens/s counts real (non-pad) tokens; FLOPs are counted the same way for every case
+(:func:`xtune.engine.hooks.throughput.training_flops`) and MFU is taken over the bf16 matmul peak
+measured at the start of this run. Models are random-init Llama-architecture checkpoints written once
+to ``--cache``; data are synthetic alpaca-like rows whose token lengths follow log-normal
+distributions close to alpaca's (a short instruction, a longer answer).
+
+Examples::
+
+    # on the GPU machine
+    python benchmarks/train_speed.py --shape 1.5b --modes lora,full --seq-lens 2048 --out bench.json
+    # a CPU smoke run of every code path (tiny shape, fp32)
+    python benchmarks/train_speed.py --shape tiny --device cpu --modes lora,full --seq-lens 128 --steps 3
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128, "vocab_size": 3008},
+    # the shape of the baseline figure in issue 8: 1.50B parameters
+    "1.5b": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+             "intermediate_size": 8192, "vocab_size": 128256},
+    # Llama-3-8B's shape
+    "8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 14336, "vocab_size": 128256},
+}  # fmt: skip
+MODES = ("lora", "qlora", "full")
+IMPLS = ("xtune", "hf_padded", "hf_full_rows")
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+LR = 1e-4
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def make_model(shape: str, cache: Path, device: str) -> Path:
+    """A random-init Llama checkpoint of ``shape`` in bf16 (fp32 for ``tiny``), with the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = cache / f"llama_{shape}"
+    if (path / "config.json").exists():
+        return path
+    staging = Path(tempfile.mkdtemp(dir=cache))
+    config = LlamaConfig(
+        **SHAPES[shape], max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=False
+    )
+    dtype = torch.float32 if shape == "tiny" else torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.save_pretrained(staging)
+    tokenizer = REPO / "data" / "models" / "tiny_llama"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (tokenizer / name).exists():
+            shutil.copy(tokenizer / name, staging / name)
+    staging.rename(path)
+    return path
+
+
+def make_rows(path: Path, count: int, seed: int = 0) -> Path:
+    """``count`` alpaca rows of whole-word tokens: instruction ~ LogNormal(median 30 tokens), output ~
+    LogNormal(median 110), both capped at 1,500 (alpaca under a Llama-3 tokenizer: mean ~200 tokens)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "data" / "models" / "tiny_llama")
+    words = sorted(t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3)
+    rng = random.Random(seed)
+
+    def text(median: float, sigma: float) -> str:
+        length = min(1500, max(3, int(rng.lognormvariate(math.log(median), sigma))))
+        return " ".join(rng.choice(words) for _ in range(length))
+
+    rows = [{"instruction": text(30, 0.8), "input": "", "output": text(110, 0.9)} for _ in range(count)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def measure_peak_tflops(device: str) -> float | None:
+    """bf16 matmul TFLOP/s of an 8192^3 product on this GPU (None on a CPU)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+# ----------------------------------------------------------------------------------------- cases
+def run_xtune(case: dict, work: Path) -> dict:
+    """``xtune train`` in this process; the ThroughputHook's summary and the loss curve."""
+    from xtune.cli import main
+    from xtune.testing.training import cfg_options
+
+    options = {
+        "pretrained_model_name_or_path": case["model"],
+        "data_path": case["data"],
+        "data_format": "alpaca",
+        "dtype": case["dtype"],
+        "max_length": case["seq"],
+        "pack_to_max_length": True,
+        "batch_size": case["rows_per_step"],
+        "accumulative_counts": 1,
+        "lr": LR,
+        "param_scheduler": [],
+        "gradient_checkpointing": case["checkpointing"],
+        "train_cfg.max_epochs": None,
+        "train_cfg.max_iters": case["warmup"] + case["steps"],
+        "train_dataloader.sampler.seed": 0,
+        "custom_hooks.1.warmup_iters": case["warmup"],
+        "save_steps": 10**6,
+        "default_hooks.checkpoint.save_last": False,
+        "evaluation_inputs": [],
+        "log_interval": 1,
+        "loss_chunk_size": case.get("loss_chunk_size", 1024),
+        "model.attn_implementation": case["attn"],
+        **case["xtune_options"],
+    }
+    if case["mode"] != "full":
+        options["model.lora"] = LORA
+    config = REPO / "configs" / "_base_" / "models" / f"{case['mode']}.py"
+    bench_config = work / f"bench_{case['mode']}.py"
+    bases = [config] + [REPO / "configs" / "_base_" / p for p in ("datasets/sft.py", "schedules/cosine.py")]
+    bases.append(REPO / "configs" / "_base_" / "default_runtime.py")
+    bench_config.write_text(f"_base_ = {[str(p) for p in bases]!r}\n")
+    argv = ["train", str(bench_config), "--work-dir", str(work / "run"), "--cfg-options", *cfg_options(options)]
+    if main(argv) != 0:
+        raise RuntimeError("xtune train failed; see its log above")
+    summary = json.loads((work / "run" / "throughput.json").read_text())
+    losses = json.loads((work / "run" / "loss.json").read_text())["loss"]
+    return {**summary, "losses": losses}
+
+
+def _hf_model(case: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[case["dtype"]]
+    kwargs = {"dtype": dtype, "attn_implementation": "sdpa", "device_map": case["device"]}
+    if case["mode"] == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+    model = AutoModelForCausalLM.from_pretrained(case["model"], **kwargs)
+    model.config.use_cache = False
+    if case["checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if case["mode"] != "full":
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if case["mode"] == "qlora":
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=case["checkpointing"])
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+    return model
+
+
+def _hf_batches(case: dict) -> list[dict]:
+    """The same tokenised samples as xtune's (unpacked, shuffled), or random full rows."""
+    import torch
+
+    steps = case["warmup"] + case["steps"]
+    generator = torch.Generator().manual_seed(0)
+    if case["impl"] == "hf_full_rows":
+        ids = torch.randint(3, 3000, (steps, case["rows_per_step"], case["seq"]), generator=generator)
+        return [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()} for row in ids]
+    from xtune.dataset import SFTDataset, sft_collate_fn
+
+    dataset = SFTDataset(case["data"], case["model"], data_format="alpaca", max_length=case["seq"],
+                         pack_to_max_length=False)  # fmt: skip
+    order = torch.randperm(len(dataset), generator=generator).tolist()
+    batch = case["batch"]
+    batches = []
+    for start in range(0, steps * batch, batch):
+        items = [dataset[order[i % len(order)]] for i in range(start, start + batch)]
+        collated = sft_collate_fn(items)
+        batches.append({key: collated[key] for key in ("input_ids", "attention_mask", "labels")})
+    return batches
+
+
+def run_hf(case: dict) -> dict:
+    """The plain loop; the same accounting as the ThroughputHook."""
+    import torch
+
+    from xtune.engine.hooks.throughput import attention_width, matmul_parameters, training_flops
+
+    model = _hf_model(case)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = matmul_parameters(causal_lm)
+    layers, width = causal_lm.config.num_hidden_layers, attention_width(causal_lm.config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=LR, fused=case["device"] == "cuda")
+    cuda = case["device"] == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    losses, tokens, flops, start = [], 0, 0.0, None
+    for step, batch in enumerate(_hf_batches(case)):
+        if step == case["warmup"]:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        batch = {key: value.to(case["device"]) for key, value in batch.items()}
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if start is not None:
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            tokens += sum(lengths)
+            flops += training_flops(params, layers, width, lengths)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {
+        "iters": case["steps"],
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_sec": tokens / seconds,
+        "tflops": flops / seconds / 1e12,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "matmul_parameters": params,
+        "losses": losses,
+    }
+
+
+def run_case(case: dict) -> dict:
+    """One case in this process."""
+    work = Path(case["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    result = run_xtune(case, work) if case["impl"] == "xtune" else run_hf(case)
+    gc.collect()
+    return result
+
+
+def run_in_child(case: dict, log: Path) -> dict:
+    """One case in a child process; an error (an out-of-memory, say) becomes the result's ``error``."""
+    result_file = Path(case["work"]) / "result.json"
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, __file__, "--case", json.dumps(case), "--result", str(result_file)]
+    with open(log, "a") as handle:
+        handle.write(f"\n===== {case['impl']} {case['mode']} {case['seq']} {case.get('variant', '')}\n")
+        handle.flush()
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ}).returncode
+    if status != 0 or not result_file.exists():
+        lines = log.read_text().splitlines()
+        errors = [line for line in lines if "error" in line.lower() and "Build settings" not in line]
+        return {"error": f"exit status {status}: " + " | ".join(errors[-2:] or lines[-3:])}
+    return json.loads(result_file.read_text())
+
+
+# ----------------------------------------------------------------------------------------- report
+def table(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table, with each case's ratio to its padded baseline."""
+    head = f"{'mode':<6} {'seq':>6} {'impl':<13} {'tokens/s':>10} {'vs padded':>9} {'TFLOP/s':>8} {'MFU':>6}"
+    head += f" {'peak GiB':>9}"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        if "error" in row:
+            name = row["impl"] + row.get("variant", "")
+            lines.append(f"{row['mode']:<6} {row['seq']:>6} {name:<13} error: {row['error'][:200]}")
+            continue
+        base = next((r for r in rows if r["mode"] == row["mode"] and r["seq"] == row["seq"]
+                     and r["impl"] == "hf_padded" and "error" not in r), None)  # fmt: skip
+        ratio = f"{row['tokens_per_sec'] / base['tokens_per_sec']:.2f}x" if base else "-"
+        mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
+        memory = f"{row['peak_memory_gib']:.1f}" if row.get("peak_memory_gib") is not None else "-"
+        lines.append(
+            f"{row['mode']:<6} {row['seq']:>6} {row['impl'] + row.get('variant', ''):<13} "
+            f"{row['tokens_per_sec']:>10,.0f} {ratio:>9} {row['tflops']:>8.1f} {mfu:>6} {memory:>9}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="1.5b")
+    parser.add_argument("--modes", default="lora", help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, of {', '.join(IMPLS)}")
+    parser.add_argument("--seq-lens", default="2048", help="comma-separated sequence lengths")
+    parser.add_argument("--batch", type=int, default=4, help="samples per padded baseline batch")
+    parser.add_argument("--tokens-per-step", type=int, default=8192, help="packed / full rows = this / seq")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    parser.add_argument("--compare-loss", action="store_true",
+                        help="also run xtune with every speed switch off and record both loss curves")  # fmt: skip
+    parser.add_argument("--attn", default="auto", help="xtune's attn_implementation (auto, sdpa, flex_attention, ...)")
+    parser.add_argument("--xtune-options", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more --cfg-options for the xtune cases, e.g. loss_chunk_size=2048")  # fmt: skip
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--cache", default="/tmp/xtune_bench", help="models, data and work dirs")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        Path(args.result).write_text(json.dumps(run_case(json.loads(args.case))))
+        return 0
+
+    from xtune.config.loader import parse_cfg_options
+
+    xtune_options = parse_cfg_options(args.xtune_options)
+    modes, impls = args.modes.split(","), args.impls.split(",")
+    bad = [m for m in modes if m not in MODES] + [i for i in impls if i not in IMPLS]
+    if bad:
+        parser.error(f"unknown modes/impls {bad}: modes are {MODES}, impls {IMPLS}")
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    model = make_model(args.shape, cache, args.device)
+    data = make_rows(cache / "alpaca_like.json", count=4000)
+    peak = measure_peak_tflops(args.device)
+    log = cache / "bench.log"
+    rows = []
+    for seq in [int(s) for s in args.seq_lens.split(",")]:
+        for mode in modes:
+            variants = [("xtune", {})] if "xtune" in impls else []
+            if args.compare_loss and "xtune" in impls:
+                # every speed switch off: full logits, sdpa, no extra options
+                plain = {"loss_chunk_size": 0, "attn": "sdpa", "xtune_options": {}, "variant": "-plain"}
+                variants.append(("xtune", plain))
+            variants += [(impl, {}) for impl in impls if impl != "xtune"]
+            for impl, extra in variants:
+                case = {
+                    "impl": impl, "mode": mode, "seq": seq, "model": str(model), "data": str(data),
+                    "device": args.device, "dtype": "bf16" if args.device == "cuda" else "fp32",
+                    "rows_per_step": max(1, args.tokens_per_step // seq), "batch": args.batch,
+                    "steps": args.steps, "warmup": args.warmup, "checkpointing": not args.no_checkpointing,
+                    "attn": args.attn, "xtune_options": xtune_options,
+                    "work": str(cache / "work" / f"{mode}_{seq}_{impl}{extra.get('variant', '')}"), **extra,
+                }  # fmt: skip
+                shutil.rmtree(case["work"], ignore_errors=True)
+                result = run_in_child(case, log)
+                if peak and "tflops" in result:
+                    result["mfu"] = result["tflops"] / peak
+                rows.append({"shape": args.shape, "mode": mode, "seq": seq, "impl": impl,
+                             "variant": extra.get("variant", ""), **result})  # fmt: skip
+                print(f"{impl}{extra.get('variant', '')} {mode} {seq}: "
+                      f"{result.get('tokens_per_sec', result.get('error'))}", flush=True)  # fmt: skip
+    settings = {key: value for key, value in vars(args).items() if key not in ("case", "result")}
+    report = {"shape_config": SHAPES[args.shape], "settings": settings, "peak_tflops": peak, "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"peak bf16 matmul: {peak:.0f} TFLOP/s" if peak else "peak: not measured (no GPU)")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
