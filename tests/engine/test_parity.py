@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from xtune.dataset import SFTDataset, sft_collate_fn
-from xtune.testing.training import PARITY_OPTIONS, final_weights, max_difference, train
+from xtune.testing.training import PARITY_OPTIONS, final_weights, last_checkpoint, max_difference, train
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,8 @@ def test_full_finetuning_matches_plain_transformers(tiny_llama, alpaca_file, tmp
     reference = plain.state_dict()
     assert max_difference(ours, reference) < 1e-4
     assert max_difference(ours, before) > 1e-3  # training moved the weights: the comparison means something
+    # xtune's AdamW is the fused one; the plain loop's is not, and they agree
+    assert last_checkpoint(tmp_path)["optimizer"]["param_groups"][0]["fused"] is True
 
 
 def test_lora_matches_plain_peft(tiny_llama, alpaca_file, tmp_path):
