@@ -77,3 +77,28 @@ def test_loss_is_the_token_mean_unless_scaled(tiny_llama):
     torch.testing.assert_close(mean, reference)
     trained = int((labels[:, 1:] != -100).sum())
     torch.testing.assert_close(model(ids, labels=labels, loss_scale=1.0)["loss"], mean * trained)
+
+
+def test_compiled_layers_train_exactly_like_eager_ones(tiny_llama):
+    """Packed rows of two lengths (a recompile for the second) under gradient checkpointing."""
+    eager = SupervisedFinetune(str(tiny_llama), finetune_type="full", dtype="fp32", gradient_checkpointing=True)
+    compiled = SupervisedFinetune(
+        str(tiny_llama), finetune_type="full", dtype="fp32", gradient_checkpointing=True, compile_layers=True
+    )
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 3000, (2, 48), generator=generator)
+    labels = ids.clone()
+    labels[:, :5] = -100
+    positions = torch.cat([torch.arange(20), torch.arange(28)]).expand(2, -1)
+    for length in (48, 40):
+        batch = {"input_ids": ids[:, :length], "labels": labels[:, :length], "position_ids": positions[:, :length]}
+        results = []
+        for model in (eager, compiled):
+            model.zero_grad()
+            loss = model(**batch)["loss"]
+            loss.backward()
+            results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+        for name, grad in results[0][1].items():
+            torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(hasattr(layer, "_compiled_call_impl") for layer in compiled.causal_lm().get_decoder().layers)

@@ -64,6 +64,9 @@ class SupervisedFinetune(BaseModel):
             holding the full-vocabulary logits; 0 computes the full logits as transformers does. The
             loss is the same either way; architectures outside ``CHUNKED_LOSS_MODEL_TYPES`` and
             ZeRO-3-partitioned output layers always use the full logits.
+        compile_layers: ``torch.compile`` each decoder layer (norms, RoPE, MLP activation and LoRA's
+            element-wise work fuse into fewer kernels). The first batches of new lengths are slow while it
+            compiles; the numbers are those of the uncompiled layers.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class SupervisedFinetune(BaseModel):
         attn_implementation: str = "auto",
         trust_remote_code: bool = False,
         loss_chunk_size: int = 1024,
+        compile_layers: bool = False,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -99,6 +103,10 @@ class SupervisedFinetune(BaseModel):
             self._apply_freeze(freeze or {})
         elif finetune_type in ("lora", "dora", "qlora"):
             self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
+        if compile_layers:
+            # Layers share their code: dynamo compiles it once for all of them (parameters are inputs).
+            for layer in self.causal_lm().get_decoder().layers:
+                layer.compile()
         trainable = sum(p.numel() for p in self.llm.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.llm.parameters())
         print_log(f"{finetune_type}: {trainable:,} trainable of {total:,} parameters", logger="current")
