@@ -228,6 +228,22 @@ def test_the_train_command_switches_to_the_flexible_runner(tiny_llama, alpaca_fi
     assert "train_micro_batch_size_per_gpu=8" in capsys.readouterr().err
 
 
+def test_qlora_under_zero3_stores_its_4bit_weights_in_the_training_dtype(tiny_llama, alpaca_file, capsys):
+    from xtune.cli.train import prepare_config
+
+    def qlora_cfg(deepspeed: str, **options):
+        argv = ["train", "tiny_llama_qlora_identity_e3", "--work-dir", "unused", "--deepspeed", deepspeed]
+        options = _options(tiny_llama, alpaca_file, batch_size=1, dtype="bf16", **options)
+        return prepare_config(build_parser().parse_args(argv + ["--cfg-options", *cfg_options(options)]))
+
+    cfg = qlora_cfg("zero3")
+    assert cfg.model["quantization"]["bnb_4bit_quant_storage"] == "bfloat16"
+    assert "bnb_4bit_quant_storage" in capsys.readouterr().err
+    assert "bnb_4bit_quant_storage" not in qlora_cfg("zero2").model.get("quantization", {})  # ZeRO-2: uint8
+    with pytest.raises(ConfigError, match="bnb_4bit_quant_storage='bfloat16'.*got 'uint8'"):
+        qlora_cfg("zero3", **{"model.quantization.bnb_4bit_quant_storage": "uint8"})
+
+
 def test_an_unknown_deepspeed_name_lists_the_presets(capsys):
     assert main(["train", FULL, "--deepspeed", "zero9"]) == 2
     err = capsys.readouterr().err.strip()

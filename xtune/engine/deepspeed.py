@@ -158,6 +158,40 @@ def _drop_auto(section: dict) -> None:
             _drop_auto(section[key])
 
 
+_STORAGE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _match_quant_storage(cfg, ds: dict) -> list[str]:
+    """QLoRA under ZeRO-3: the 4-bit weights must be stored in the training dtype.
+
+    ZeRO-3 partitions every parameter as a flat tensor of the training dtype; bitsandbytes packs 4-bit
+    weights into ``bnb_4bit_quant_storage`` (uint8 by default), so that dtype must be the training one.
+    Sets it when the config leaves it unset.
+
+    Raises:
+        ConfigError: The config sets a different storage dtype.
+    """
+    from xtune.model.finetune import resolve_dtype
+
+    model = cfg.get("model") or {}
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    if model.get("finetune_type") != "qlora" or stage != 3:
+        return []
+    wanted = _STORAGE[resolve_dtype(model.get("dtype", "auto"))]
+    quantization = dict(model.get("quantization") or {})
+    current = quantization.get("bnb_4bit_quant_storage")
+    if current is None:
+        quantization["bnb_4bit_quant_storage"] = wanted
+        cfg.model["quantization"] = quantization
+        return [f"qlora under ZeRO-3: storing the 4-bit weights as {wanted} (bnb_4bit_quant_storage) to shard them."]
+    if str(current).replace("torch.", "") != wanted:
+        raise ConfigError(
+            f"qlora under ZeRO-3 needs model.quantization.bnb_4bit_quant_storage='{wanted}' (the training dtype), "
+            f"got '{current}'. Remove the setting (xtune sets it) or use --deepspeed zero2."
+        )
+    return []
+
+
 def offloads_optimizer(ds: dict) -> bool:
     """Whether a DeepSpeed config runs the optimizer on the CPU (or NVMe)."""
     offload = (ds.get("zero_optimization") or {}).get("offload_optimizer") or {}
@@ -202,6 +236,7 @@ def use_deepspeed(cfg, name_or_path: str) -> list[str]:
         if optim_wrapper.get(key) is not None:
             wrapper[key] = optim_wrapper[key]
     cfg.optim_wrapper = wrapper
+    notes += _match_quant_storage(cfg, ds)
     cfg.strategy = {"type": "XtuneDeepSpeedStrategy", "config": ds, "exclude_frozen_parameters": True}
     cfg.runner_type = "XtuneFlexibleRunner"
     cfg.deepspeed = str(path)
