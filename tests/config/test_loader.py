@@ -76,6 +76,16 @@ def test_references_resolve_expressions_and_detect_cycles():
         resolve("${nope}", knobs)
 
 
+def test_arithmetic_on_a_knob_that_is_not_a_number_names_the_field_and_the_values():
+    with pytest.raises(ConfigError) as caught:
+        load_config(TINY, parse_cfg_options(["max_epochs=None", "warmup_ratio=0.1"]))
+    message = str(caught.value)
+    assert "param_scheduler[0].end" in message and "max_epochs=None" in message and "warmup_ratio=0.1" in message
+    # the fix the message names works: the fields computed from max_epochs set directly
+    options = ["max_epochs=None", "param_scheduler=[]", "train_cfg.max_epochs=None", "train_cfg.max_iters=4"]
+    assert load_config(TINY, parse_cfg_options(options)).train_cfg["max_iters"] == 4
+
+
 def test_shipped_model_name_becomes_a_path():
     cfg = load_config(TINY)
     assert cfg.model["pretrained_model_name_or_path"].endswith("data/models/tiny_llama")

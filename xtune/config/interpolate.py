@@ -48,7 +48,16 @@ def _eval(expr: str, knobs: dict, where: str, stack: tuple = ()) -> Any:
                 raise ConfigError(f"{where}: the knob references form a cycle: {cycle}. Break the cycle.")
             return resolve(knobs[node.id], knobs, where=node.id, _stack=(*stack, node.id))
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](walk(node.left), walk(node.right))
+            left, right = walk(node.left), walk(node.right)
+            try:
+                return _BINOPS[type(node.op)](left, right)
+            except (TypeError, ZeroDivisionError) as exc:
+                names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)})
+                values = ", ".join(f"{name}={resolve(knobs[name], knobs, where=name)!r}" for name in names)
+                raise ConfigError(
+                    f"{where}: cannot compute '${{{expr}}}' with {values}: {exc}. Give those knobs numbers, "
+                    f"or set {where} itself."
+                ) from None
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -walk(node.operand)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("int", "max"):
