@@ -116,9 +116,8 @@ def measure_peak_tflops(device: str) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------- cases
-def run_xtune(case: dict, work: Path) -> dict:
-    """``xtune train`` in this process; the ThroughputHook's summary and the loss curve."""
-    from xtune.cli import main
+def xtune_train_argv(case: dict, work: Path) -> list[str]:
+    """The ``xtune train`` arguments of ``case``: a config of the shipped ``_base_`` parts, run dir ``work/run``."""
     from xtune.testing.training import cfg_options
 
     options = {
@@ -138,22 +137,27 @@ def run_xtune(case: dict, work: Path) -> dict:
         "train_dataloader.sampler.seed": 0,
         "custom_hooks.1.warmup_iters": case["warmup"],
         "save_steps": 10**6,
-        "default_hooks.checkpoint.save_last": False,
+        "default_hooks.checkpoint.save_last": case.get("save_last", False),
         "evaluation_inputs": [],
         "log_interval": 1,
         "loss_chunk_size": case.get("loss_chunk_size", 1024),
-        "model.attn_implementation": case["attn"],
-        **case["xtune_options"],
+        "model.attn_implementation": case.get("attn", "auto"),
+        **case.get("xtune_options", {}),
     }
     if case["mode"] != "full":
         options["model.lora"] = LORA
-    config = REPO / "configs" / "_base_" / "models" / f"{case['mode']}.py"
-    bench_config = work / f"bench_{case['mode']}.py"
-    bases = [config] + [REPO / "configs" / "_base_" / p for p in ("datasets/sft.py", "schedules/cosine.py")]
-    bases.append(REPO / "configs" / "_base_" / "default_runtime.py")
-    bench_config.write_text(f"_base_ = {[str(p) for p in bases]!r}\n")
-    argv = ["train", str(bench_config), "--work-dir", str(work / "run"), "--cfg-options", *cfg_options(options)]
-    if main(argv) != 0:
+    base = REPO / "configs" / "_base_"
+    parts = [f"models/{case['mode']}.py", "datasets/sft.py", "schedules/cosine.py", "default_runtime.py"]
+    config = work / f"bench_{case['mode']}.py"
+    config.write_text(f"_base_ = {[str(base / part) for part in parts]!r}\n")
+    return ["train", str(config), "--work-dir", str(work / "run"), "--cfg-options", *cfg_options(options)]
+
+
+def run_xtune(case: dict, work: Path) -> dict:
+    """``xtune train`` in this process; the ThroughputHook's summary and the loss curve."""
+    from xtune.cli import main
+
+    if main(xtune_train_argv(case, work)) != 0:
         raise RuntimeError("xtune train failed; see its log above")
     summary = json.loads((work / "run" / "throughput.json").read_text())
     losses = json.loads((work / "run" / "loss.json").read_text())["loss"]

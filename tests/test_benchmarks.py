@@ -1,5 +1,9 @@
-"""benchmarks/train_speed.py end to end on the CPU: every case runs, tokens are counted right, and the
-fast loss path trains exactly as the full-logits path does."""
+"""The benchmark scripts end to end on the CPU.
+
+train_speed.py: every case runs, tokens are counted right, and the fast loss path trains exactly as
+the full-logits path does. engine_checks.py: training with and without DeepSpeed converts to folders
+that plain transformers and peft load.
+"""
 
 import importlib.util
 import json
@@ -7,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
+def _load_script(name: str = "train_speed"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,3 +48,18 @@ def test_the_cpu_smoke_run_measures_xtune_and_both_baselines(tmp_path, capsys):
     # the full model has more matmul parameters than what LoRA's FLOPs count (the same base)
     assert rows["full", "xtune"]["matmul_parameters"] == rows["full", "hf_padded"]["matmul_parameters"]
     assert "vs padded" in capsys.readouterr().out
+
+
+def test_engine_checks_train_convert_and_load_with_and_without_deepspeed(tmp_path, capsys):
+    checks = _load_script("engine_checks")
+    out = tmp_path / "engine.json"
+    argv = ["--shape", "tiny", "--device", "cpu", "--runs", "lora,full:zero2", "--seq", "128", "--rows", "2",
+            "--steps", "2", "--cache", str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert checks.main(argv) == 0
+    rows = {row["run"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["lora"]["output_kind"] == "adapter" and rows["full:zero2"]["output_kind"] == "model"
+    for row in rows.values():
+        assert row["iters"] == 2 and row["tokens"] > 128
+        assert row["logits_finite"] and row["changed_by_training"] > 1e-4
+    assert rows["lora"]["output_mib"] < rows["full:zero2"]["output_mib"]  # the adapter alone
+    assert "loads" in capsys.readouterr().out
