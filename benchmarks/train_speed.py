@@ -77,23 +77,37 @@ def make_model(shape: str, cache: Path, device: str) -> Path:
     return path
 
 
-def make_rows(path: Path, count: int, seed: int = 0) -> Path:
-    """``count`` alpaca rows of whole-word tokens: instruction ~ LogNormal(median 30 tokens), output ~
-    LogNormal(median 110), both capped at 1,500 (alpaca under a Llama-3 tokenizer: mean ~200 tokens)."""
+def _word_sampler(seed: int):
+    """Random whole-word tokens of the tiny tokenizer: ``n`` of them encode to about ``n`` tokens."""
     import random
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(REPO / "data" / "models" / "tiny_llama")
     words = sorted(t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3)
+    encoded = tokenizer([" " + word for word in words], add_special_tokens=False)["input_ids"]
+    words = [word for word, ids in zip(words, encoded, strict=True) if len(ids) == 1]  # BPE keeps them whole
     rng = random.Random(seed)
+    return rng, lambda n: " ".join(rng.choice(words) for _ in range(n))
+
+
+def make_rows(path: Path, count: int, seed: int = 0) -> Path:
+    """``count`` alpaca rows of whole-word tokens: instruction ~ LogNormal(median 30 tokens), output ~
+    LogNormal(median 110), both capped at 1,500 (alpaca under a Llama-3 tokenizer: mean ~200 tokens)."""
+    rng, words = _word_sampler(seed)
 
     def text(median: float, sigma: float) -> str:
-        length = min(1500, max(3, int(rng.lognormvariate(math.log(median), sigma))))
-        return " ".join(rng.choice(words) for _ in range(length))
+        return words(min(1500, max(3, int(rng.lognormvariate(math.log(median), sigma)))))
 
     rows = [{"instruction": text(30, 0.8), "input": "", "output": text(110, 0.9)} for _ in range(count)]
     path.write_text(json.dumps(rows))
+    return path
+
+
+def make_documents(path: Path, count: int, tokens: int, seed: int = 0) -> Path:
+    """``count`` plain-text rows of about ``tokens`` tokens each: one long sequence a row."""
+    _, words = _word_sampler(seed)
+    path.write_text(json.dumps([{"text": words(tokens)} for _ in range(count)]))
     return path
 
 
@@ -123,7 +137,7 @@ def xtune_train_argv(case: dict, work: Path) -> list[str]:
     options = {
         "pretrained_model_name_or_path": case["model"],
         "data_path": case["data"],
-        "data_format": "alpaca",
+        "data_format": case.get("data_format", "alpaca"),
         "dtype": case["dtype"],
         "max_length": case["seq"],
         "pack_to_max_length": True,
@@ -200,7 +214,7 @@ def _hf_batches(case: dict) -> list[dict]:
         return [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()} for row in ids]
     from xtune.dataset import SFTDataset, sft_collate_fn
 
-    dataset = SFTDataset(case["data"], case["model"], data_format="alpaca", max_length=case["seq"],
+    dataset = SFTDataset(case["data"], case["model"], data_format=case["data_format"], max_length=case["seq"],
                          pack_to_max_length=False)  # fmt: skip
     order = torch.randperm(len(dataset), generator=generator).tolist()
     batch = case["batch"]
@@ -313,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="lora", help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, of {', '.join(IMPLS)}")
     parser.add_argument("--seq-lens", default="2048", help="comma-separated sequence lengths")
+    parser.add_argument("--data", choices=["alpaca", "long"], default="alpaca",
+                        help="alpaca-like samples, or one document of about --seq-lens tokens a row")  # fmt: skip
     parser.add_argument("--batch", type=int, default=4, help="samples per padded baseline batch")
     parser.add_argument("--tokens-per-step", type=int, default=8192, help="packed / full rows = this / seq")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
@@ -343,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     model = make_model(args.shape, cache, args.device)
-    data = make_rows(cache / "alpaca_like.json", count=4000)
+    if args.data == "alpaca":
+        data = make_rows(cache / "alpaca_like.json", count=4000)
+    else:  # one document a row, slightly shorter than the shortest sequence length (BOS/EOS fit)
+        shortest = min(int(s) for s in args.seq_lens.split(","))
+        data = make_documents(cache / f"documents_{shortest}.json", args.warmup + args.steps + 2, shortest - 8)
     peak = measure_peak_tflops(args.device)
     log = cache / "bench.log"
     rows = []
@@ -359,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 case = {
                     "impl": impl, "mode": mode, "seq": seq, "model": str(model), "data": str(data),
                     "device": args.device, "dtype": "bf16" if args.device == "cuda" else "fp32",
+                    "data_format": "alpaca" if args.data == "alpaca" else "text",
                     "rows_per_step": max(1, args.tokens_per_step // seq), "batch": args.batch,
                     "steps": args.steps, "warmup": args.warmup, "checkpointing": not args.no_checkpointing,
                     "attn": args.attn, "xtune_options": xtune_options,

@@ -63,3 +63,18 @@ def test_engine_checks_train_convert_and_load_with_and_without_deepspeed(tmp_pat
         assert row["logits_finite"] and row["changed_by_training"] > 1e-4
     assert rows["lora"]["output_mib"] < rows["full:zero2"]["output_mib"]  # the adapter alone
     assert "loads" in capsys.readouterr().out
+
+
+def test_synthetic_words_encode_to_one_token_each(tmp_path):
+    from transformers import AutoTokenizer
+
+    from xtune.paths import MODEL_DIR
+
+    bench = _load_script()
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR / "tiny_llama")
+    documents = json.loads(bench.make_documents(tmp_path / "docs.json", count=3, tokens=500).read_text())
+    lengths = [len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) for row in documents]
+    assert all(500 <= n <= 502 for n in lengths), lengths  # the first word has no leading space
+    rows = json.loads(bench.make_rows(tmp_path / "rows.json", count=200).read_text())
+    answers = sorted(len(row["output"].split()) for row in rows)
+    assert 60 < answers[100] < 200 and answers[-1] <= 1500  # median ~110 tokens, capped
