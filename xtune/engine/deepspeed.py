@@ -202,7 +202,8 @@ def use_deepspeed(cfg, name_or_path: str) -> list[str]:
     """Rewrite ``cfg`` in place to train with DeepSpeed on mmengine's FlexibleRunner.
 
     The optimizer wrapper becomes mmengine's ``DeepSpeedOptimWrapper`` around the config's own torch
-    optimizer (fused AdamW on CUDA unless the optimizer is offloaded to the CPU); the strategy holds
+    optimizer (the shipped schedules ask for fused AdamW, whose CPU form also serves offloaded optimizer
+    states; an Adam(W) without a ``fused`` setting is made fused on CUDA unless offloaded); the strategy holds
     the filled DeepSpeed config and excludes frozen weights from checkpoints.
 
     Returns:
