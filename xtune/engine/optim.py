@@ -2,10 +2,25 @@
 
 import torch
 from mmengine.logging import print_log
-from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
 
 from xtune.model.finetune import resolve_dtype
-from xtune.registry import OPTIM_WRAPPERS
+from xtune.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
+
+FUSABLE = ("Adam", "AdamW")
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class FusedAdamConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's default constructor, with Adam and AdamW fused (one kernel for the whole update, on
+    CUDA and CPU) unless the optimizer config sets ``fused`` itself. Other optimizers are left as they are,
+    so swapping the optimizer type in a config needs no other change."""
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        optimizer = optim_wrapper_cfg.get("optimizer") or {}
+        if optimizer.get("type") in FUSABLE and "fused" not in optimizer:
+            optim_wrapper_cfg = {**optim_wrapper_cfg, "optimizer": {**optimizer, "fused": True}}
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
 
 class SkipNonFiniteMixin:

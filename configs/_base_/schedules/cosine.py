@@ -10,8 +10,8 @@ warmup_ratio = 0.03
 optim_wrapper = dict(
     type='DtypeOptimWrapper',
     dtype='${dtype}',
-    # fused: one kernel for the whole update (CUDA and CPU); the same numbers as the per-tensor loop
-    optimizer=dict(type='AdamW', lr='${lr}', betas='${betas}', weight_decay='${weight_decay}', fused=True),
+    optimizer=dict(type='AdamW', lr='${lr}', betas='${betas}', weight_decay='${weight_decay}'),
+    constructor='FusedAdamConstructor',  # Adam(W) fused: one kernel for the update, the same numbers
     clip_grad=dict(max_norm='${max_norm}', error_if_nonfinite=False),
     accumulative_counts='${accumulative_counts}',
 )
