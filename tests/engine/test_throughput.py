@@ -45,7 +45,7 @@ def test_matmul_parameters_leave_out_the_input_embedding_unless_the_output_layer
     assert attention_width(config) == config.num_attention_heads * (config.head_dim or 16)
 
 
-def test_the_run_summary_counts_every_real_token_after_warmup(tmp_path):
+def test_the_run_summary_counts_every_real_token_after_warmup(tmp_path, capsys):
     options = {**PARITY_OPTIONS, "max_epochs": 1, "batch_size": 4, "custom_hooks.1.warmup_iters": 0}
     assert train(LORA, tmp_path / "cold", options) == 0
     summary = json.loads((tmp_path / "cold" / "throughput.json").read_text())
@@ -61,6 +61,7 @@ def test_the_run_summary_counts_every_real_token_after_warmup(tmp_path):
     assert summary["tokens"] == sum(dataset.lengths)
     assert summary["tokens_per_sec"] == pytest.approx(summary["tokens"] / summary["seconds"])
     assert summary["peak_memory_gib"] is None and summary["mfu"] is None  # no GPU here
+    assert f"throughput: {summary['tokens_per_sec']:,.0f} tokens/s per device" in capsys.readouterr().out
 
     assert train(LORA, tmp_path / "warm", {**options, "custom_hooks.1.warmup_iters": 2}) == 0
     warm = json.loads((tmp_path / "warm" / "throughput.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 
 from xtune.registry import HOOKS
 
@@ -163,6 +164,13 @@ class ThroughputHook(Hook):
             "matmul_parameters": self._params,
         }
         Path(runner.work_dir, "throughput.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if seconds:
+            line = f"throughput: {summary['tokens_per_sec']:,.0f} tokens/s per device, {summary['tflops']:.1f} TFLOP/s"
+            if summary["mfu"] is not None:
+                line += f", MFU {summary['mfu']:.1%}"
+            if summary["peak_memory_gib"] is not None:
+                line += f", peak memory {summary['peak_memory_gib']:.1f} GiB"
+            print_log(line + f" (iterations after the first {self.warmup_iters})", logger="current")
 
 
 def _synchronize() -> None:
