@@ -78,6 +78,11 @@ def test_a_frozen_output_layer_gets_no_gradient_and_nothing_is_trained_on_empty_
     assert weight.grad is None and states.grad.abs().sum() > 0
     loss, count = chunked_token_loss_sum(states, weight, torch.full_like(labels, -100), 4)
     assert float(loss.detach()) == 0.0 and int(count) == 0
+    weight.requires_grad_(True)
+    states.grad = None
+    loss, _ = chunked_token_loss_sum(states, weight, torch.full_like(labels, -100), 4)
+    loss.backward()
+    assert weight.grad.abs().sum() == 0 and states.grad.abs().sum() == 0
 
 
 def _loss_and_grads(model: SupervisedFinetune, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:

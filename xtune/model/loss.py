@@ -70,9 +70,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        # One chunk's weight gradient is rounded to the weight's dtype (as one big matmul would be);
-        # the chunks add up in fp32.
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        # Several chunks add their weight gradients up in fp32 (one big matmul would accumulate in fp32
+        # too); that buffer, vocabulary x hidden x 4 bytes, is smaller than the full logits' T x vocabulary
+        # x 16 bytes whenever T > hidden / 4. A single chunk needs no buffer.
+        single = hidden.size(0) <= chunk_size
+        grad_weight = None
+        if want_weight and not single:
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), chunk_size):
             part = hidden[start : start + chunk_size]
@@ -93,8 +97,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = grad_logits.to(part.dtype)
             if want_hidden:
                 grad_hidden[start : start + chunk_size] = grad_logits @ weight
-            if want_weight:
+            if want_weight and single:
+                grad_weight = grad_logits.t() @ part
+            elif want_weight:
                 grad_weight += (grad_logits.t() @ part).float()
+        if want_weight and grad_weight is None:  # no rows to train on
+            grad_weight = torch.zeros_like(weight)
         ctx.save_for_backward(
             grad_hidden if want_hidden else None,
             grad_weight.to(weight.dtype) if want_weight else None,
