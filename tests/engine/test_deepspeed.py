@@ -223,9 +223,17 @@ def test_the_train_command_switches_to_the_flexible_runner(tiny_llama, alpaca_fi
     assert cfg.runner_type == "XtuneFlexibleRunner"
     assert cfg.optim_wrapper["type"] == "DeepSpeedOptimWrapper"
     assert cfg.optim_wrapper["optimizer"]["type"] == "AdamW"  # the config's torch optimizer, not DeepSpeed's
+    assert cfg.optim_wrapper["constructor"] == "FusedAdamConstructor"  # the shipped schedule's
     config = cfg.strategy["config"]
     assert config["train_micro_batch_size_per_gpu"] == 2 and config["train_batch_size"] == 2 * 3 * 2
     assert "train_micro_batch_size_per_gpu=8" in capsys.readouterr().err
+
+
+def test_a_config_without_an_optimizer_constructor_gets_the_fused_one_under_deepspeed(tiny_llama, alpaca_file):
+    cfg = _cfg(tiny_llama, alpaca_file, "--deepspeed", "zero2_offload", batch_size=1,
+               **{"optim_wrapper.constructor": None})  # fmt: skip
+    assert cfg.optim_wrapper["constructor"] == "FusedAdamConstructor"
+    assert "fused" not in cfg.optim_wrapper["optimizer"]  # the constructor adds it when it builds
 
 
 def test_qlora_under_zero3_stores_its_4bit_weights_in_the_training_dtype(tiny_llama, alpaca_file, capsys):

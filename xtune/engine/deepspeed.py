@@ -192,18 +192,12 @@ def _match_quant_storage(cfg, ds: dict) -> list[str]:
     return []
 
 
-def offloads_optimizer(ds: dict) -> bool:
-    """Whether a DeepSpeed config runs the optimizer on the CPU (or NVMe)."""
-    offload = (ds.get("zero_optimization") or {}).get("offload_optimizer") or {}
-    return offload.get("device", "none") in ("cpu", "nvme")
-
-
 def use_deepspeed(cfg, name_or_path: str) -> list[str]:
     """Rewrite ``cfg`` in place to train with DeepSpeed on mmengine's FlexibleRunner.
 
     The optimizer wrapper becomes mmengine's ``DeepSpeedOptimWrapper`` around the config's own torch
-    optimizer (the shipped schedules ask for fused AdamW, whose CPU form also serves offloaded optimizer
-    states; an Adam(W) without a ``fused`` setting is made fused on CUDA unless offloaded); the strategy holds
+    optimizer (Adam and AdamW fused by :class:`~xtune.engine.optim.FusedAdamConstructor` unless the
+    config names another constructor or sets ``fused``); the strategy holds
     the filled DeepSpeed config and excludes frozen weights from checkpoints.
 
     Returns:
@@ -214,8 +208,6 @@ def use_deepspeed(cfg, name_or_path: str) -> list[str]:
     """
     import importlib.util
 
-    import torch
-
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("--deepspeed needs DeepSpeed, which is not installed: pip install 'xtune[deepspeed]'.")
     path = find_deepspeed_config(name_or_path)
@@ -225,14 +217,9 @@ def use_deepspeed(cfg, name_or_path: str) -> list[str]:
     if not optimizer:
         raise ConfigError("--deepspeed needs optim_wrapper.optimizer in the config (e.g. dict(type='AdamW', lr=2e-4)).")
     optimizer = optimizer.to_dict() if hasattr(optimizer, "to_dict") else dict(optimizer)
-    if (
-        torch.cuda.is_available()
-        and not offloads_optimizer(ds)
-        and optimizer.get("type") in ("AdamW", "Adam")
-        and "fused" not in optimizer
-    ):
-        optimizer["fused"] = True
-    wrapper = {"type": "DeepSpeedOptimWrapper", "optimizer": optimizer}
+    # FusedAdamConstructor (also the shipped schedules' choice) makes Adam(W) fused, on CUDA and for
+    # optimizer states offloaded to the CPU alike.
+    wrapper = {"type": "DeepSpeedOptimWrapper", "optimizer": optimizer, "constructor": "FusedAdamConstructor"}
     for key in ("constructor", "paramwise_cfg"):
         if optim_wrapper.get(key) is not None:
             wrapper[key] = optim_wrapper[key]
