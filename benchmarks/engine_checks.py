@@ -19,7 +19,6 @@ Examples::
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +28,8 @@ import train_speed  # noqa: E402  (the benchmark's model, data and config builde
 
 
 def _xtune(args: list[str], log: Path) -> int:
-    with open(log, "a") as handle:
-        handle.write(f"\n===== xtune {' '.join(args[:3])}\n")
-        handle.flush()
-        command = [sys.executable, "-m", "xtune", *args]
-        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+    status, _ = train_speed.run_logged([sys.executable, "-m", "xtune", *args], log, f"xtune {' '.join(args[:3])}")
+    return status
 
 
 def check_output(output: Path, base_model: Path, device: str) -> dict:

@@ -26,7 +26,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -282,17 +281,26 @@ def run_case(case: dict) -> dict:
     return result
 
 
+def run_logged(command: list[str], log: Path, title: str) -> tuple[int, list[str]]:
+    """Run ``command`` with its output appended to ``log`` under a ``title`` line; its status and lines."""
+    with open(log, "a") as handle:
+        handle.write(f"\n===== {title}\n")
+        handle.flush()
+        start = handle.tell()
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+    with open(log) as handle:
+        handle.seek(start)
+        return status, handle.read().splitlines()
+
+
 def run_in_child(case: dict, log: Path) -> dict:
     """One case in a child process; an error (an out-of-memory, say) becomes the result's ``error``."""
     result_file = Path(case["work"]) / "result.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, __file__, "--case", json.dumps(case), "--result", str(result_file)]
-    with open(log, "a") as handle:
-        handle.write(f"\n===== {case['impl']} {case['mode']} {case['seq']} {case.get('variant', '')}\n")
-        handle.flush()
-        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ}).returncode
+    title = f"{case['impl']} {case['mode']} {case['seq']} {case.get('variant', '')}"
+    status, lines = run_logged(command, log, title)
     if status != 0 or not result_file.exists():
-        lines = log.read_text().splitlines()
         errors = [line for line in lines if "error" in line.lower() and "Build settings" not in line]
         return {"error": f"exit status {status}: " + " | ".join(errors[-2:] or lines[-3:])}
     return json.loads(result_file.read_text())
