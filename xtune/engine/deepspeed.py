@@ -158,9 +158,6 @@ def _drop_auto(section: dict) -> None:
             _drop_auto(section[key])
 
 
-_STORAGE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
 def _match_quant_storage(cfg, ds: dict) -> list[str]:
     """QLoRA under ZeRO-3: the 4-bit weights must be stored in the training dtype.
 
@@ -171,20 +168,20 @@ def _match_quant_storage(cfg, ds: dict) -> list[str]:
     Raises:
         ConfigError: The config sets a different storage dtype.
     """
-    from xtune.model.finetune import resolve_dtype
+    from xtune.model.finetune import DTYPES, resolve_dtype
 
     model = cfg.get("model") or {}
     stage = (ds.get("zero_optimization") or {}).get("stage", 0)
     if model.get("finetune_type") != "qlora" or stage != 3:
         return []
-    wanted = _STORAGE[resolve_dtype(model.get("dtype", "auto"))]
+    wanted = str(DTYPES[resolve_dtype(model.get("dtype", "auto"))]).removeprefix("torch.")  # e.g. bfloat16
     quantization = dict(model.get("quantization") or {})
     current = quantization.get("bnb_4bit_quant_storage")
     if current is None:
         quantization["bnb_4bit_quant_storage"] = wanted
         cfg.model["quantization"] = quantization
         return [f"qlora under ZeRO-3: storing the 4-bit weights as {wanted} (bnb_4bit_quant_storage) to shard them."]
-    if str(current).replace("torch.", "") != wanted:
+    if str(current).removeprefix("torch.") != wanted:
         raise ConfigError(
             f"qlora under ZeRO-3 needs model.quantization.bnb_4bit_quant_storage='{wanted}' (the training dtype), "
             f"got '{current}'. Remove the setting (xtune sets it) or use --deepspeed zero2."
