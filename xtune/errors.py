@@ -29,3 +29,21 @@ def refused_pickle(exc: Exception) -> str | None:
     the error is not such a refusal (a truncated or foreign file)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     return f"a pickled {found.group(1)}" if found else None
+
+
+def model_load_problem(path: str, exc: Exception) -> str:
+    """Why ``from_pretrained(path)`` failed, in one line: a missing local folder, a weight file holding
+    pickled code (refused by ``weights_only`` loading, never run), or the library's first line."""
+    from pathlib import Path
+
+    what = refused_pickle(exc)
+    if what:
+        return (
+            f"'{path}': a weight file holds {what}, which is refused (loading it could run code). Use the "
+            "model's safetensors weights, or a model from a source you trust"
+        )
+    text = str(path)
+    if not Path(text).expanduser().exists() and (text.startswith(("/", ".", "~")) or text.count("/") >= 2):
+        return f"'{path}': no such directory. Check the path, or give a hub name like org/model"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"'{path}': {first}"

@@ -1,5 +1,6 @@
 """Load what ``xtune chat`` talks to: a model folder (plus an adapter), or a training checkpoint."""
 
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 import torch
 
 from xtune.convert.merge import resolve_device
-from xtune.errors import ConfigError, XtuneError
+from xtune.errors import ConfigError, XtuneError, model_load_problem
 from xtune.model.finetune import DTYPES
 
 
@@ -109,9 +110,9 @@ def load_model_for_chat(
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
         raise XtuneError(
-            f"cannot load '{model_path}': {str(exc).splitlines()[0]}. Pass a Hugging Face model folder, "
+            f"cannot load {model_load_problem(str(model_path), exc)}. Pass a Hugging Face model folder, "
             "e.g. the SAVE_DIR of `xtune convert merge` (or a base model with --adapter)."
         ) from None
     if adapter:

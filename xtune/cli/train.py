@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from xtune.cli.configs import add_cfg_options
-from xtune.config import find_config, load_config, parse_cfg_options
+from xtune.config import check_training, find_config, load_config, parse_cfg_options
 from xtune.errors import ConfigError
 
 _RUN_IDS = itertools.count()
@@ -34,9 +34,21 @@ def add_parser(sub, name: str, text: str) -> None:
     p.set_defaults(func=train)
 
 
+def _env_count(name: str, env: dict | None = None) -> int:
+    """A whole-number launcher setting (``NPROC_PER_NODE``, ``NNODES``) from the environment, default 1.
+
+    Raises:
+        ConfigError: It is set to something else than a whole number >= 1.
+    """
+    text = (os.environ if env is None else env).get(name, "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"{name}={text!r}: expected a whole number >= 1 (e.g. {name}=2), or leave it unset.")
+    return int(text)
+
+
 def _wants_workers(args: argparse.Namespace) -> bool:
-    nproc = int(os.environ.get("NPROC_PER_NODE", "1"))
-    nnodes = int(os.environ.get("NNODES", "1"))
+    nproc = _env_count("NPROC_PER_NODE")
+    nnodes = _env_count("NNODES")
     return args.launcher == "none" and (nproc > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ
 
 
@@ -69,7 +81,8 @@ def launch_settings(env: dict | None = None) -> dict[str, str]:
         ConfigError: Several nodes but no address or port of node 0 to meet at.
     """
     env = dict(os.environ if env is None else env)
-    nnodes = env.get("NNODES", "1")
+    _env_count("NPROC_PER_NODE", env)
+    nnodes = str(_env_count("NNODES", env))
     addr = env.get("ADDR") or env.get("MASTER_ADDR")
     node_rank = env.get("NODE_RANK")
     if int(nnodes) > 1:
@@ -133,6 +146,7 @@ def prepare_config(args: argparse.Namespace):
         cfg.resume, cfg.load_from = _resume_target(args.resume, cfg.work_dir)
     if args.deepspeed:
         _use_deepspeed(cfg, args.deepspeed)
+    check_training(cfg)
     return cfg
 
 
@@ -192,7 +206,10 @@ def train(args: argparse.Namespace) -> int:
         _check_deepspeed_arg(args.deepspeed)
     if _wants_workers(args):
         # a bad config or option fails here, once, not in every worker
-        load_config(find_config(args.config), parse_cfg_options(args.cfg_options))
+        cfg = load_config(find_config(args.config), parse_cfg_options(args.cfg_options))
+        check_training(
+            cfg, args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / find_config(args.config).stem)
+        )
         return launch_workers(args.argv[1:])
     cfg = prepare_config(args)
     import xtune.engine  # noqa: F401  (registers the runner, loop and hooks)

@@ -82,6 +82,24 @@ def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
     return TrainedCheckpoint(_checked_state(checkpoint["state_dict"], path), config_text, meta)
 
 
+def saved_model_settings(trained: TrainedCheckpoint) -> dict | None:
+    """The ``model`` dict of the config a checkpoint was saved with, read as data, or None.
+
+    The config text in a checkpoint (mmengine's ``meta['cfg']``) is Python, but a checkpoint is data:
+    it is parsed, never run (:func:`xtune.config.literal.read_assignments`), and only literal values
+    are taken. A text that holds code yields no settings rather than running it.
+    """
+    from xtune.config.literal import NotALiteral, read_assignments
+
+    if not trained.config_text:
+        return None
+    try:
+        model = read_assignments(trained.config_text).get("model")
+    except NotALiteral:
+        return None
+    return model if isinstance(model, dict) else None
+
+
 def load_trainable_state(path: str | Path) -> StateDict:
     """The model weights a checkpoint holds (see :func:`read_checkpoint`)."""
     return read_checkpoint(path).state

@@ -4,6 +4,7 @@ Runs on the CPU by default: the base is loaded once, in its own dtype, and the a
 it in place, so the peak memory is about one copy of the model.
 """
 
+import pickle
 import shutil
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from xtune.convert.adapter import attach_adapter, read_adapter_config
 from xtune.convert.hf_files import CONFIG_COPY, check_shard_size, has_tokenizer
 from xtune.convert.output import check_save_dir, staged_dir
-from xtune.errors import ConfigError, XtuneError
+from xtune.errors import ConfigError, XtuneError, model_load_problem
 from xtune.model.finetune import DTYPES
 
 # Largest logit difference --verify accepts, relative to the largest logit (at least 1): the merged
@@ -81,9 +82,9 @@ def load_base(base: str | Path, dtype: str, device: str = "cpu"):
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
         raise XtuneError(
-            f"cannot load the base model '{base}': {str(exc).splitlines()[0]}. Pass a Hugging Face model folder."
+            f"cannot load the base model {model_load_problem(str(base), exc)}. Pass a Hugging Face model folder."
         ) from None
     return model.eval()
 

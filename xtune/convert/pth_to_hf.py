@@ -19,6 +19,7 @@ from xtune.convert.checkpoint import (
     build_trained_model,
     model_settings,
     read_checkpoint,
+    saved_model_settings,
     tokenizer_settings,
     training_dtype,
 )
@@ -120,14 +121,11 @@ def _warn_if_other_run(cfg: Config, trained: TrainedCheckpoint, checkpoint: str 
     """Warn when the checkpoint's own config names another base model or finetuning type.
 
     Only a warning: a base model may have moved between training and conversion. Checkpoints that do not
-    fit the model at all fail later, when their weights are loaded.
+    fit the model at all fail later, when their weights are loaded. The checkpoint's config is read as
+    data (:func:`saved_model_settings`); nothing in a checkpoint is ever run.
     """
-    if not trained.config_text:
-        return
-    try:
-        saved = Config.fromstring(trained.config_text, ".py")
-        saved_model = model_settings(saved)
-    except (SyntaxError, ValueError, TypeError, KeyError, NameError, ConfigError):
+    saved_model = saved_model_settings(trained)
+    if saved_model is None:
         return
     current = model_settings(cfg)
     for key in ("pretrained_model_name_or_path", "finetune_type"):

@@ -86,6 +86,8 @@ def _column(spec: DatasetSpec, name: str) -> str:
 def _required_str(row: dict[str, Any], spec: DatasetSpec, name: str, where: str) -> str:
     column = _column(spec, name)
     value = row.get(column)
+    if value is None and column in row:
+        _fail(where, f"column '{column}' is null", "Give it a value, or drop the row (or set skip_bad_rows=True)")
     if value is None:
         _fail(
             where,

@@ -109,6 +109,8 @@ class SFTDataset(Dataset):
         lengths = np.asarray(self.data["length"], dtype=np.int64)
         # Dropped rows stay in self.data (with their reason) for statistics; training skips them.
         self.valid = np.flatnonzero(lengths)
+        if len(self.valid) == 0:
+            raise DataError(self._nothing_left())
         self.rows = None
         if self.pack:
             packed = pack_indices(lengths[self.valid], max_length)
@@ -183,6 +185,16 @@ class SFTDataset(Dataset):
             desc="Tokenizing",
             load_from_cache_file=False,
             cache_file_name=str(out_file) if out_file else None,
+        )
+
+    def _nothing_left(self) -> str:
+        """Why no sample is left to train on, with the counts (every row dropped, and for which reasons)."""
+        reasons = Counter(self.data["status"])
+        dropped = "; ".join(f"{count} {reason.removeprefix('dropped: ')}" for reason, count in reasons.most_common(3))
+        return (
+            f"{self.spec.path}: no sample left to train on: {len(self.data)} rows read, all dropped ({dropped}) with "
+            f"max_length={self.max_length}. Raise max_length (check-dataset shows the lengths), or shorten the "
+            "prompts: a row whose prompt fills max_length has no answer tokens left to train."
         )
 
     # ----------------------------------------------------------------------------- access

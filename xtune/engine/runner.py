@@ -113,7 +113,12 @@ class XtuneRunner(PlainMessageHubMixin, Runner):
 
     def load_checkpoint(self, filename: str, *args, **kwargs):
         with safe_loading():
-            return super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = super().load_checkpoint(filename, *args, **kwargs)
+        # mmengine's resume runs meta['config'] as Python (Config.fromstring) to compare GPU counts; a
+        # checkpoint is data and nothing in it may run, so that text never reaches it.
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("meta"), dict):
+            checkpoint["meta"].pop("config", None)
+        return checkpoint
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         load_checkpoint_file(filename)  # a clear error for a damaged file before mmengine's own

@@ -6,13 +6,14 @@ Checkpoints of every type but ``full`` hold only the trainable weights.
 """
 
 import os
+import pickle
 
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from transformers import AutoModelForCausalLM
 
-from xtune.errors import ConfigError, XtuneError
+from xtune.errors import ConfigError, XtuneError, model_load_problem
 from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
 from xtune.registry import MODELS
 
@@ -120,9 +121,9 @@ class SupervisedFinetune(BaseModel):
             kwargs.update(self._quantization_kwargs(quantization or {}))
         try:
             return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
+        except (OSError, ValueError, pickle.UnpicklingError) as exc:
             raise ConfigError(
-                f"cannot load the model '{path}': {str(exc).splitlines()[0]}. "
+                f"cannot load the model {model_load_problem(path, exc)}. "
                 "Set pretrained_model_name_or_path to a Hugging Face model directory or hub name."
             ) from None
 
