@@ -116,7 +116,9 @@ def _read_config_file(path: Path) -> Config:
     try:
         return Config.fromfile(str(path))
     except SyntaxError as exc:
-        where = f"{exc.filename or path}, line {exc.lineno}"
+        # mmengine parses without a file name ('<unknown>'): then it is this file (or one of its bases)
+        source = exc.filename if exc.filename and not exc.filename.startswith("<") else path
+        where = f"{source}, line {exc.lineno}"
         raise ConfigError(f"cannot read config {where}: SyntaxError: {exc.msg}. Fix that line.") from None
     except Exception as exc:  # noqa: BLE001  (the config's own code raised: any exception is the user's to fix)
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".py")]
