@@ -35,3 +35,21 @@ def test_resume_never_runs_the_config_text_of_a_checkpoint(lora_run, tmp_path):
     _with_code_in_meta(lora_run.checkpoint, crafted, marker, key="config")
     assert main(["train", str(lora_run.config), "--work-dir", str(work), "--resume", str(crafted)]) == 0
     assert not marker.exists()
+
+
+def test_an_adapter_whose_bin_weights_hold_code_is_refused(lora_run, lora_adapter, tmp_path, capsys):
+    import os
+    import shutil
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    marker, adapter = tmp_path / "RAN", tmp_path / "adapter"
+    shutil.copytree(lora_adapter, adapter)
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save({"payload": Payload()}, adapter / "adapter_model.bin")
+    assert main(["convert", "merge", str(lora_run.base), str(adapter), str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("xtune: error: the adapter")
+    assert "posix.system" in err and not marker.exists() and not (tmp_path / "merged").exists()

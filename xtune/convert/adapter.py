@@ -1,11 +1,12 @@
 """Attach a PEFT adapter folder to a base model, failing clearly when it was made for another model."""
 
 import json
+import pickle
 import re
 import sys
 from pathlib import Path
 
-from xtune.errors import CheckpointError
+from xtune.errors import CheckpointError, refused_pickle
 
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -56,7 +57,15 @@ def attach_adapter(base_model, adapter_dir: str | Path, base_name: str = "the ba
     trained_on = settings.get("base_model_name_or_path") or "an unrecorded model"
     fix = f"The adapter was trained on {trained_on}; pass that model as the base."
     _warn_if_other_base(trained_on, getattr(base_model, "name_or_path", ""), adapter_dir)
-    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    try:
+        weights = load_peft_weights(str(adapter_dir), device="cpu")
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        what = refused_pickle(exc)
+        problem = f"holds {what}, which is refused (loading it could run code)" if what else f"cannot be read ({exc})"
+        raise CheckpointError(
+            f"the adapter {adapter_dir}: its weights file {problem}. Use an adapter saved as safetensors "
+            "(xtune convert pth_to_hf writes one)."
+        ) from None
     try:
         model = PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=False)
     except (ValueError, RuntimeError, KeyError, AttributeError) as exc:
