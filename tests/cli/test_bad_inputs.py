@@ -134,10 +134,11 @@ def test_fp16_on_the_cpu(capsys, tmp_path):
     assert "dtype='fp16'" in line and "CPU" in line
 
 
-def test_work_dir_that_is_a_file(capsys, tmp_path):
+@pytest.mark.parametrize("below", ["", "run"])
+def test_work_dir_that_is_a_file(below, capsys, tmp_path):
     blocker = tmp_path / "taken"
     blocker.write_text("not a folder")
-    assert main(["train", TINY, "--work-dir", str(blocker / "run")]) == 2
+    assert main(["train", TINY, "--work-dir", str(blocker / below)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--work-dir" in line and str(blocker) in line and "is a file" in line
     assert blocker.read_text() == "not a folder"

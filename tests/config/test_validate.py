@@ -91,3 +91,15 @@ def test_max_iters_alone_runs_that_many_iterations(tmp_path):
     options = {"train_cfg.max_iters": 3, "save_steps": 1, "save_total_limit": -1, "evaluation_inputs": []}
     assert train(TINY, tmp_path, options) == 0
     assert sorted(p.name for p in tmp_path.glob("iter_*.pth")) == ["iter_1.pth", "iter_2.pth", "iter_3.pth"]
+
+
+def test_dtype_is_checked_against_the_machine():
+    from xtune.config.preflight import training_problems
+
+    def problems(dtype: str, cuda: bool, bf16: bool) -> list[str]:
+        return training_problems({"model": {"dtype": dtype}}, None, cuda_available=cuda, bf16_supported=bf16)
+
+    assert "CPU" in problems("fp16", cuda=False, bf16=False)[0]
+    assert problems("fp16", cuda=True, bf16=False) == []
+    assert "does not support bf16" in problems("bf16", cuda=True, bf16=False)[0]
+    assert problems("bf16", cuda=True, bf16=True) == [] and problems("fp32", cuda=False, bf16=False) == []

@@ -15,7 +15,8 @@ from mmengine.config import Config
 
 from xtune.config.interpolate import resolve
 from xtune.config.literal import NotALiteral, parse_literal
-from xtune.config.validate import get_path, option_key_problems, training_problems, value_problems
+from xtune.config.preflight import training_problems
+from xtune.config.validate import get_path, option_key_problems, value_problems
 from xtune.errors import ConfigError
 from xtune.paths import CONFIG_DIR, MODEL_DIR
 
@@ -218,7 +219,7 @@ def load_config(
 def check_training(cfg: Config, work_dir: str | None = None) -> None:
     """What a training run needs beyond valid values: a dtype this machine trains in, a model path that
     exists, a work dir that is a folder, ``load_from``/``--resume`` files that are checkpoints of this
-    model (:func:`xtune.config.validate.training_problems`). Called by ``xtune train`` before anything
+    model (:func:`xtune.config.preflight.training_problems`). Called by ``xtune train`` before anything
     is loaded.
 
     Raises:

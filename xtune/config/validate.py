@@ -12,9 +12,8 @@ Design. Loading a config (:func:`xtune.config.load_config`) runs three checks an
    structured fields built from knobs (:data:`FIELDS`) wherever a config or option sets one directly
    (a field that still refers to its knob, ``'${lr}'``, was checked through the knob).
 
-``xtune train`` adds :func:`training_problems`: what depends on this machine and the file system (fp16
-on a CPU, a model path that does not exist, a work dir that is a file, a ``load_from`` file that is
-not a checkpoint). All of it runs in about a second: no model, tokenizer or data is loaded.
+``xtune train`` adds :func:`xtune.config.preflight.training_problems`: what depends on this machine
+and the file system. All of it runs in about a second: no model, tokenizer or data is loaded.
 """
 
 import difflib
@@ -22,7 +21,6 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 # Kept here, not imported, because importing the model and dataset packages takes seconds; a test
@@ -330,134 +328,3 @@ def _scheduler_problems(schedulers: Any) -> list[str]:
                 "(param_scheduler=[] for a constant lr)"
             )
     return problems
-
-
-# ----------------------------------------------------------------------------- the machine and files
-
-
-def _looks_local(path: str) -> bool:
-    """A path rather than a hub id (``org/name``): absolute, relative with ``./``, ``~`` or 2+ slashes."""
-    return path.startswith(("/", "./", "../", "~", "\\")) or path.count("/") >= 2 or Path(path).suffix == ".py"
-
-
-def training_problems(resolved: dict, work_dir: str | None, cuda_available: bool, bf16_supported: bool) -> list[str]:
-    """What ``xtune train`` cannot do on this machine with these files (see the module docstring)."""
-    problems = []
-    model = resolved.get("model") if isinstance(resolved.get("model"), dict) else {}
-    dtype = model.get("dtype", resolved.get("dtype"))
-    if dtype == "fp16" and not cuda_available:
-        problems.append(
-            "dtype='fp16': this machine has no CUDA GPU and fp16 does not train on a CPU; use dtype='fp32' "
-            "(or 'auto', or 'bf16')"
-        )
-    if dtype == "bf16" and cuda_available and not bf16_supported:
-        problems.append("dtype='bf16': this GPU does not support bf16; use dtype='fp16' or 'fp32' (or 'auto')")
-    for where in ("model.pretrained_model_name_or_path", "train_dataset.tokenizer"):
-        found, path = get_path(resolved, where)
-        if found and isinstance(path, str) and _looks_local(path) and not Path(path).expanduser().exists():
-            name = where.split(".")[-1]
-            problems.append(f"{name}='{path}': no such directory. Check the path, or give a hub name like org/model")
-            break
-        if where.startswith("model.") and found and isinstance(path, str) and Path(path).is_dir():
-            problems += _weight_file_problems(Path(path))
-    if work_dir:
-        blocking = next((p for p in (Path(work_dir), *Path(work_dir).parents) if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():
-            problems.append(f"--work-dir {work_dir}: {blocking} is a file, not a folder; choose another work dir")
-    load_from = resolved.get("load_from")
-    if load_from and Path(str(load_from)).is_file():
-        problem, checkpoint = read_checkpoint_file(str(load_from))
-        flag = "--resume" if resolved.get("resume") else "load_from"
-        if problem:
-            problems.append(f"{flag} {load_from}: {problem}")
-        elif resolved.get("resume"):
-            problems += _resume_mismatch(model, checkpoint, str(load_from))
-    elif load_from and resolved.get("resume") and not resolved.get("strategy"):
-        problems.append(
-            f"--resume {load_from}: a folder; a run without --deepspeed resumes from an iter_*.pth file "
-            "(or use --resume auto)"
-        )
-    elif load_from and not Path(str(load_from)).exists():
-        problems.append(f"load_from='{load_from}': no such file. Pass an iter_*.pth from a training work dir")
-    return problems
-
-
-def _weight_file_problems(folder: Path) -> list[str]:
-    """PyTorch ``.bin`` weights that would be refused when the model loads (pickled code), found before
-    anything is written. transformers loads them with ``weights_only=True``; this reads them the same way,
-    memory-mapped. Folders with safetensors weights are not checked: transformers prefers those."""
-    if any(folder.glob("*.safetensors")):
-        return []
-    problems = []
-    for file in sorted(folder.glob("pytorch_model*.bin")):
-        problem, _ = read_checkpoint_file(str(file), expect_checkpoint=False)
-        if problem:
-            problems.append(f"pretrained_model_name_or_path: {file} {problem}")
-    return problems
-
-
-def _resume_mismatch(model: dict, checkpoint: dict, path: str) -> list[str]:
-    """Settings that decide which weights a checkpoint holds, where the checkpoint's run and this config differ.
-
-    The checkpoint's own config is read as data (:mod:`xtune.config.literal`), never run.
-    """
-    from xtune.config.literal import NotALiteral, read_assignments
-
-    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
-    text = meta.get("cfg")
-    if not isinstance(text, str):
-        return []
-    try:
-        saved = read_assignments(text).get("model")
-    except NotALiteral:
-        return []
-    if not isinstance(saved, dict):
-        return []
-    differ = []
-    for key in ("finetune_type", "pretrained_model_name_or_path"):
-        if saved.get(key) != model.get(key):
-            differ.append(f"model.{key} was {saved.get(key)!r}, the config says {model.get(key)!r}")
-    if model.get("finetune_type") in ("lora", "dora", "qlora") and saved.get("finetune_type") == model.get(
-        "finetune_type"
-    ):
-        for key in ("r", "target_modules", "modules_to_save"):
-            was, now = (saved.get("lora") or {}).get(key), (model.get("lora") or {}).get(key)
-            if was != now:
-                differ.append(f"model.lora.{key} was {was!r}, the config says {now!r}")
-    if not differ:
-        return []
-    return [
-        f"--resume {path}: this checkpoint was trained with other model settings ({'; '.join(differ)}). Resume "
-        "with the config it was trained with (the copy in its work dir), or start a new work dir"
-    ]
-
-
-def read_checkpoint_file(path: str, expect_checkpoint: bool = True) -> tuple[str | None, dict]:
-    """``(problem, checkpoint)``: why ``path`` is not a loadable xtune checkpoint file (or None), and its
-    contents. Read memory-mapped (cheap) with ``weights_only=True``: a pickle that would run code is
-    refused, never run. ``expect_checkpoint=False`` reads any weights file (a model's ``.bin``)."""
-    import pickle
-
-    import torch
-
-    from xtune.engine.runner import safe_loading
-    from xtune.errors import refused_pickle
-
-    try:
-        with safe_loading():
-            try:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        what = refused_pickle(exc)
-        if what:
-            kind = "; not an xtune checkpoint" if expect_checkpoint else ""
-            return f"holds {what}, which xtune does not load (loading it could run code){kind}", {}
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"cannot be read ({first}); it may be truncated or not a checkpoint", {}
-    if expect_checkpoint and (not isinstance(checkpoint, dict) or "state_dict" not in checkpoint):
-        return "not an xtune/mmengine checkpoint (it has no 'state_dict')", {}
-    return None, checkpoint
