@@ -51,5 +51,5 @@ def test_an_adapter_whose_bin_weights_hold_code_is_refused(lora_run, lora_adapte
     torch.save({"payload": Payload()}, adapter / "adapter_model.bin")
     assert main(["convert", "merge", str(lora_run.base), str(adapter), str(tmp_path / "merged")]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("xtune: error: the adapter")
+    assert "Traceback" not in err and "xtune: error: the adapter" in err
     assert "posix.system" in err and not marker.exists() and not (tmp_path / "merged").exists()

@@ -139,7 +139,9 @@ def prepare_config(args: argparse.Namespace):
     try:
         import tensorboard  # noqa: F401
 
-        cfg.visualizer["vis_backends"].append({"type": "TensorboardVisBackend"})
+        backends = cfg.visualizer["vis_backends"]
+        if not any(b.get("type") == "TensorboardVisBackend" for b in backends):  # a resolved copy has it already
+            backends.append({"type": "TensorboardVisBackend"})
     except ImportError:
         pass
     if args.resume:

@@ -123,7 +123,12 @@ def _read_config_file(path: Path) -> Config:
         raise ConfigError(f"cannot read config {where}: SyntaxError: {exc.msg}. Fix that line.") from None
     except Exception as exc:  # noqa: BLE001  (the config's own code raised: any exception is the user's to fix)
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".py")]
-        inside = [f for f in frames if "mmengine" not in f.filename and "importlib" not in f.filename]
+        ours = str(Path(__file__).resolve().parents[1])  # xtune's own frames (this loader) are not the config's
+        inside = [
+            f
+            for f in frames
+            if "mmengine" not in f.filename and "importlib" not in f.filename and not f.filename.startswith(ours)
+        ]
         line = f", line {inside[-1].lineno} ({inside[-1].filename})" if inside else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(f"cannot read config {path}{line}: {type(exc).__name__}: {first}".rstrip(": ")) from None
