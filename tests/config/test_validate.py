@@ -103,3 +103,11 @@ def test_dtype_is_checked_against_the_machine():
     assert problems("fp16", cuda=True, bf16=False) == []
     assert "does not support bf16" in problems("bf16", cuda=True, bf16=False)[0]
     assert problems("bf16", cuda=True, bf16=True) == [] and problems("fp32", cuda=False, bf16=False) == []
+
+
+def test_readme_states_the_trust_model():
+    text = README.read_text()
+    section = text[text.index("### Trust") :][:1500]
+    assert "runs it with your permissions" in section and "Only use configs you trust" in section
+    for data in ("checkpoints", "load_from", "weights", "data files"):
+        assert data in section
