@@ -1,4 +1,4 @@
-"""A real ``xtune serve`` process on a free loopback port, started once per test module."""
+"""A real ``xtune serve`` process on a free loopback port, started once and shared by the API tests."""
 
 import json
 import os
@@ -79,9 +79,10 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict 
         return exc.code, json.loads(exc.read())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(chat_models, tmp_path_factory):
-    """The tiny base model plus the trained LoRA adapter, served as ``tiny``."""
+    """The tiny base model plus the trained LoRA adapter, served as ``tiny`` (one process for the session:
+    starting one takes seconds on CI)."""
     running = start_server(
         [
             chat_models.run.base,
@@ -100,7 +101,7 @@ def server(chat_models, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(server):
     import openai
 
