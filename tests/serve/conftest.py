@@ -98,7 +98,8 @@ def server(chat_models, tmp_path_factory):
         tmp_path_factory.mktemp("serve_logs"),
     )
     yield running
-    running.stop()
+    assert running.stop(signal.SIGINT) == 0  # Ctrl-C stops the server cleanly
+    assert "xtune: server stopped" in running.err.read_text()
 
 
 @pytest.fixture(scope="session")
