@@ -237,3 +237,35 @@ def test_a_client_that_disconnects_stops_its_generation(client, server):
         time.sleep(0.1)
     assert now["cancelled"] == before["cancelled"] + 1 and now["running"] == 0
     assert now["completed"] == before["completed"]
+
+
+def test_a_non_streamed_request_is_cancelled_when_its_client_leaves(server):
+    import json
+    from http.client import HTTPConnection
+    from urllib.parse import urlsplit
+
+    before = http("GET", f"{server.root}/health")[1]
+    address = urlsplit(server.url)
+    connection = HTTPConnection(address.hostname, address.port, timeout=30)
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1500, "ignore_eos": True}
+    connection.request(
+        "POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    deadline = time.monotonic() + 60
+    while http("GET", f"{server.root}/health")[1]["running"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    connection.close()  # leave without reading the answer
+    while time.monotonic() < deadline:
+        now = http("GET", f"{server.root}/health")[1]
+        if now["cancelled"] > before["cancelled"] and now["running"] == 0:
+            break
+        time.sleep(0.1)
+    assert now["cancelled"] == before["cancelled"] + 1 and now["completed"] == before["completed"]
+
+
+def test_null_fields_mean_the_defaults(server):
+    """Front ends send every field of their form, null when unset."""
+    body = {"model": None, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "ignore_eos": True}
+    body.update(dict.fromkeys(["temperature", "top_p", "n", "stream", "presence_penalty", "stop", "seed"]))
+    status, answer = http("POST", f"{server.url}/chat/completions", body)
+    assert status == 200 and answer["usage"]["completion_tokens"] == 3, answer

@@ -211,14 +211,8 @@ def _job(engine: HFEngine, body, ids: list[int], stop_words: list[str], limit: i
             f"max_tokens is at most {limit} on this server (--max-new-tokens), got {requested}.",
             param="max_tokens",
         )
-    settings = GenerationSettings(
-        max_new_tokens=min(requested or limit, room),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-    )
-    return Job(ids, settings, list(dict.fromkeys(stop_words)), chat, body.seed, body.ignore_eos)
+    settings = GenerationSettings(max_new_tokens=min(requested or limit, room), **body.sampling())
+    return Job(ids, settings, list(dict.fromkeys(stop_words)), chat, body.seed, bool(body.ignore_eos))
 
 
 def _submit(engine: HFEngine, job: Job) -> Generation:

@@ -88,21 +88,22 @@ class _Sampling(_Body):
     """Fields shared by chat and text completions; ``top_k``, ``repetition_penalty`` and ``ignore_eos``
     are vLLM's extensions of the OpenAI API, with vLLM's names."""
 
+    # Clients send null for "not set" (front ends fill every field of a form): None means the default.
     model: str | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(1, ge=1)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    n: int | None = Field(None, ge=1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     logprobs: bool | int | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool | None = False
 
     def check(self) -> None:
         """Refuse, by name, what would change the answer and is not implemented.
@@ -110,7 +111,7 @@ class _Sampling(_Body):
         Raises:
             APIError: 400 naming the field.
         """
-        if self.n != 1:
+        if self.n not in (None, 1):
             raise APIError(400, f"n={self.n}: this server returns one choice per request; send n=1.", param="n")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
@@ -124,6 +125,15 @@ class _Sampling(_Body):
         stops = self.stop_words()
         if len(stops) > MAX_STOP or not all(stops):
             raise APIError(400, f"stop takes up to {MAX_STOP} non-empty strings, got {stops!r}.", param="stop")
+
+    def sampling(self) -> dict:
+        """OpenAI's defaults where a field is not set: temperature 1, top_p 1, no top_k, no penalty."""
+        return {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "top_k": self.top_k or 0,
+            "repetition_penalty": self.repetition_penalty or 1.0,
+        }
 
     def stop_words(self) -> list[str]:
         """``stop`` as a list."""
