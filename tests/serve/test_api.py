@@ -10,19 +10,11 @@ import time
 import pytest
 import torch
 
-from tests.serve.conftest import MODEL, http
+from tests.serve.conftest import MODEL, WEATHER_TOOL, http
 from xtune.cli import main
 
 QUESTION = "Who are you?"
 TOKENS = 12
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 @pytest.fixture(scope="module")
