@@ -2,13 +2,9 @@
 
 Formats (the text the template writes for an assistant ``tool_calls`` turn, so the model learns it):
 
-=============  ========================================================  ==========================
-format         written as                                                templates
-=============  ========================================================  ==========================
-``hermes``     ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, one per call  qwen2_5, qwen3, a
-                                                                         tokenizer template using it
-``llama3``     the whole answer is ``{"name": ..., "parameters": {...}}``   llama3
-=============  ========================================================  ==========================
+- ``hermes`` (``qwen2_5``, ``qwen3``, and a tokenizer's own template that writes ``<tool_call>`` tags):
+  ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``, one block per call, text around them.
+- ``llama3`` (``llama3``): the whole answer is ``{"name": ..., "parameters": {...}}``.
 
 Text that looks like a call but does not parse stays in the answer's content: a malformed call is
 shown to the client, never dropped.

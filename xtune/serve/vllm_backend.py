@@ -1,18 +1,20 @@
 """``--backend vllm``: the same model, adapter and chat template, served by vLLM's own OpenAI server.
 
 vLLM batches requests continuously on the GPU; xtune only translates its options. The chat template is
-passed explicitly, so prompts render as in training (a ``--template NAME`` is written to a file for
-vLLM). An adapter becomes a LoRA module served under ``--served-model-name``. A training checkpoint
-must be converted first (vLLM reads Hugging Face folders). Not run in xtune's tests: CI has no GPU and
-no vLLM; the options it builds are checked.
+passed explicitly, so prompts render as in training: a ``--template NAME`` is written to a file for
+vLLM, an adapter's saved ``chat_template.jinja`` is used as is. An adapter becomes a LoRA module served
+under ``--served-model-name``. A training checkpoint must be converted first (vLLM reads Hugging Face
+folders). Not run in xtune's tests: CI has no GPU and no vLLM; the options it builds are checked.
 """
 
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from xtune.errors import XtuneError
 
@@ -67,13 +69,17 @@ def serve_with_vllm(args: argparse.Namespace, model_name: str, api_key: str | No
         handle.write(get_template(args.template).jinja)
         handle.close()
         template_file = handle.name
+    elif args.adapter and (Path(args.adapter) / "chat_template.jinja").is_file():
+        # vLLM renders with the base model's tokenizer; xtune convert saved the training template here.
+        template_file = str(Path(args.adapter) / "chat_template.jinja")
     env = dict(os.environ)
     if api_key:
         env["VLLM_API_KEY"] = api_key  # not on the command line, where `ps` shows it
+    child = subprocess.Popen(vllm_command(args, model_name, template_file), env=env)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # vLLM shuts itself down on the signal we get
+        signal.signal(sig, lambda number, frame: child.send_signal(number))
     try:
-        return subprocess.call(vllm_command(args, model_name, template_file), env=env)
-    except KeyboardInterrupt:
-        return 0
+        return child.wait()
     finally:
-        if template_file:
+        if template_file and args.template != "auto":
             os.unlink(template_file)
