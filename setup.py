@@ -22,7 +22,7 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         "qlora": ["bitsandbytes>=0.45"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-        "dev": ["pytest", "ruff", "openai>=1.0"],  # openai: the serve tests' client
+        "dev": ["pytest", "ruff", "openai>=1.40"],  # openai: the serve tests' client
     },
     entry_points={"console_scripts": ["xtune=xtune.cli:main"]},
 )
