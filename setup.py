@@ -21,7 +21,8 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "qlora": ["bitsandbytes>=0.45"],
-        "dev": ["pytest", "ruff"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        "dev": ["pytest", "ruff", "openai>=1.40"],  # openai: the serve tests' client
     },
     entry_points={"console_scripts": ["xtune=xtune.cli:main"]},
 )

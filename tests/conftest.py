@@ -1,8 +1,10 @@
-"""Shared fixtures: a private dataset cache per test session, tiny models, small data files."""
+"""Shared fixtures: a private dataset cache per test session, tiny models, small data files, a trained chat model."""
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +40,24 @@ def alpaca_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "alpaca16.json"
     path.write_text(json.dumps(rows))
     return path
+
+
+@dataclass
+class ChatModels:
+    """A trained tiny LoRA run, converted to an adapter and merged: what chat and serve tests talk to."""
+
+    run: Any  # tests.convert.runs.TrainedRun
+    adapter: Path
+    merged: Path
+
+
+@pytest.fixture(scope="session")
+def chat_models(tiny_llama, tmp_path_factory) -> ChatModels:
+    from tests.convert.runs import LORA, train_run
+    from xtune.convert import merge_adapter, pth_to_hf
+
+    root = tmp_path_factory.mktemp("chat")
+    run = train_run(LORA, tiny_llama, root / "run")
+    adapter = pth_to_hf(run.config, run.checkpoint, root / "adapter")
+    merged = merge_adapter(run.base, adapter, root / "merged").save_dir
+    return ChatModels(run, adapter, merged)

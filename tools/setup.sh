@@ -7,8 +7,8 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import xtune, torch, transformers, peft, mmengine, deepspeed" 2>/dev/null; then
+if ! .venv/bin/python -c "import xtune, torch, transformers, peft, mmengine, deepspeed, fastapi, uvicorn, openai" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==${XTUNE_TORCH_VERSION:-2.13.0}"
-  .venv/bin/python -m pip install -q -e ".[dev,deepspeed]"
+  .venv/bin/python -m pip install -q -e ".[dev,deepspeed,serve]"
 fi

@@ -1,4 +1,9 @@
-"""A multi-turn conversation with a causal LM, rendered with the tokenizer's chat template."""
+"""Generation through the training chat template: :class:`ChatGenerator` (one prompt, one answer) and
+:class:`ChatSession` (a multi-turn conversation on top of it).
+
+``xtune chat`` and ``xtune serve`` both generate through :class:`ChatGenerator`, so an answer at
+temperature 0 is the same token for token whichever of them asks.
+"""
 
 from dataclasses import dataclass
 from typing import TextIO
@@ -43,6 +48,102 @@ class GenerationSettings:
         }
 
 
+class ChatGenerator:
+    """Renders messages with the tokenizer's chat template and generates one answer.
+
+    Args:
+        model: A transformers causal LM (or PEFT model), in eval mode.
+        tokenizer: Its tokenizer, with the chat template to use installed.
+        stop_words: Strings that end an answer (see :func:`xtune.chat.stopping.template_stop_words`).
+        generate_kwargs: More arguments for ``model.generate`` (e.g. ``synced_gpus`` under ZeRO-3).
+    """
+
+    def __init__(self, model, tokenizer, stop_words: list[str], generate_kwargs: dict | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_words = list(stop_words)
+        self.generate_kwargs = dict(generate_kwargs or {})
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        self._model_eos_ids = list(dict.fromkeys(ids))
+
+    def eos_ids(self, stop_words: list[str]) -> list[int]:
+        """Token ids that end generation: the model's and tokenizer's EOS, and single-token stop words."""
+        return list(dict.fromkeys(self._model_eos_ids + stop_token_ids(self.tokenizer, stop_words)))
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The prompt text for ``messages`` (plus ``tools``), exactly as training renders it.
+
+        Raises:
+            ConfigError: The chat template cannot write this conversation (e.g. a system prompt).
+        """
+        try:
+            return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        except TemplateError as exc:
+            raise ConfigError(f"the chat template cannot render this conversation: {exc}") from None
+
+    def encode(self, prompt: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``prompt``; a rendered chat prompt already holds its special tokens."""
+        return self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        ids: list[int],
+        settings: GenerationSettings,
+        stop_words: list[str] | None = None,
+        streamer=None,
+        stopping_criteria=None,
+        ignore_eos: bool = False,
+    ) -> list[int]:
+        """Generate after the prompt ``ids``; returns the new token ids (stop tokens included).
+
+        Args:
+            ids: The prompt's token ids.
+            settings: Sampling settings.
+            stop_words: Strings that end the answer (default: this generator's).
+            streamer: A transformers streamer that receives tokens as they are generated.
+            stopping_criteria: More ``StoppingCriteria`` (e.g. one that ends a cancelled request).
+            ignore_eos: Generate ``max_new_tokens`` tokens: EOS and single-token stop words are
+                suppressed until then (multi-token stop words still end the answer).
+        """
+        words = self.stop_words if stop_words is None else list(stop_words)
+        eos_ids = self.eos_ids(words)
+        vocab = self.tokenizer.get_vocab()
+        # Stop words that are not single tokens end generation by text match (e.g. "\nUser:").
+        stop_strings = [word for word in words if word not in vocab]
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        pad = self.tokenizer.pad_token_id
+        if pad is None and eos_ids:
+            pad = eos_ids[0]
+        kwargs = settings.to_generate_kwargs()
+        if ignore_eos:
+            kwargs["min_new_tokens"] = settings.max_new_tokens
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            eos_token_id=eos_ids or None,
+            pad_token_id=pad,
+            stop_strings=stop_strings or None,
+            tokenizer=self.tokenizer if stop_strings else None,
+            streamer=streamer,
+            stopping_criteria=stopping_criteria,
+            use_cache=True,
+            **kwargs,
+            **self.generate_kwargs,
+        )
+        return output[0, len(ids) :].tolist()
+
+    def answer_text(self, new_ids: list[int], stop_words: list[str] | None = None, strip: bool = True) -> str:
+        """The answer in ``new_ids``: special tokens dropped, cut at the first stop word, stripped."""
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        text = cut_at_stop(text, self.stop_words if stop_words is None else stop_words)
+        return text.strip() if strip else text
+
+
 class ChatSession:
     """A conversation: each :meth:`ask` renders the whole history with the chat template and generates.
 
@@ -64,24 +165,13 @@ class ChatSession:
         settings: GenerationSettings | None = None,
         generate_kwargs: dict | None = None,
     ) -> None:
+        self.generator = ChatGenerator(model, tokenizer, stop_words, generate_kwargs)
         self.model = model
-        self.generate_kwargs = dict(generate_kwargs or {})
         self.tokenizer = tokenizer
-        self.stop_words = list(stop_words)
+        self.stop_words = self.generator.stop_words
         self.system = system
         self.settings = settings or GenerationSettings()
         self.history: list[dict] = []
-        self._eos_ids = self._end_ids()
-        # Stop words that are not single tokens end generation by text match (e.g. "\nUser:").
-        vocab = tokenizer.get_vocab()
-        self._stop_strings = [word for word in self.stop_words if word not in vocab]
-
-    def _end_ids(self) -> list[int]:
-        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return list(dict.fromkeys(ids + stop_token_ids(self.tokenizer, self.stop_words)))
 
     def reset(self) -> None:
         """Forget the conversation so far."""
@@ -98,12 +188,8 @@ class ChatSession:
         Raises:
             ConfigError: The chat template cannot write this conversation (e.g. a system prompt).
         """
-        try:
-            return self.tokenizer.apply_chat_template(self.messages(text), tokenize=False, add_generation_prompt=True)
-        except TemplateError as exc:
-            raise ConfigError(f"the chat template cannot render this conversation: {exc}") from None
+        return self.generator.render(self.messages(text))
 
-    @torch.no_grad()
     def ask(self, text: str, stream: TextIO | None = None) -> str:
         """Answer ``text`` in the conversation and remember both turns.
 
@@ -114,27 +200,9 @@ class ChatSession:
         Returns:
             The answer, without stop words and surrounding whitespace.
         """
-        prompt = self.render(text)
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        device = next(self.model.parameters()).device
-        ids = ids.to(device)
+        ids = self.generator.encode(self.render(text))
         streamer = StopWordStreamer(self.tokenizer, self.stop_words, out=stream) if stream is not None else None
-        pad = self.tokenizer.pad_token_id
-        if pad is None and self._eos_ids:
-            pad = self._eos_ids[0]
-        output = self.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            eos_token_id=self._eos_ids or None,
-            pad_token_id=pad,
-            stop_strings=self._stop_strings or None,
-            tokenizer=self.tokenizer if self._stop_strings else None,
-            streamer=streamer,
-            use_cache=True,
-            **self.settings.to_generate_kwargs(),
-            **self.generate_kwargs,
-        )
-        answer = self.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
-        answer = cut_at_stop(answer, self.stop_words).strip()
+        new_ids = self.generator.generate(ids, self.settings, streamer=streamer)
+        answer = self.generator.answer_text(new_ids)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer

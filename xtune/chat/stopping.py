@@ -42,18 +42,24 @@ class StopWordStreamer(TextStreamer):
     """Streams generated text as it is decoded, leaving out stop words and anything after them.
 
     Text that could be the start of a stop word is held back until the next tokens show that it is not.
-    Leading whitespace of the answer is dropped, as the final answer is stripped.
+    Leading whitespace of the answer is dropped (``lstrip``), as the final answer is stripped.
 
     Args:
         tokenizer: The tokenizer decoding the answer.
         stop_words: Strings that end the answer.
         out: Where text goes (stdout by default).
+        end: Written when the answer ends (a newline for the terminal).
+        lstrip: Drop the answer's leading whitespace (a chat answer is stripped; a raw completion is not).
     """
 
-    def __init__(self, tokenizer, stop_words: list[str], out: TextIO | None = None) -> None:
+    def __init__(
+        self, tokenizer, stop_words: list[str], out: TextIO | None = None, end: str = "\n", lstrip: bool = True
+    ) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.stop_words = [word for word in stop_words if word]
         self.out = out
+        self._end = end  # not `end`: TextStreamer.end() is the method generate calls
+        self.lstrip = lstrip
         self._pending = ""
         self._stopped = False
         self._started = False
@@ -72,7 +78,7 @@ class StopWordStreamer(TextStreamer):
                 self._write(out, self._pending[: len(self._pending) - keep])
                 self._pending = self._pending[len(self._pending) - keep :]
         if stream_end:
-            out.write("\n")
+            out.write(self._end)
             out.flush()
             self._pending, self._stopped, self._started = "", False, False
 
@@ -89,7 +95,7 @@ class StopWordStreamer(TextStreamer):
         )
 
     def _write(self, out: TextIO, text: str) -> None:
-        if not self._started:
+        if not self._started and self.lstrip:
             text = text.lstrip()
             self._started = bool(text)
         if text:

@@ -16,6 +16,7 @@ COMMANDS = [
     ("train", "xtune.cli.train", "train a model from a config"),
     ("convert", "xtune.cli.convert", "convert checkpoints: pth_to_hf, merge"),
     ("chat", "xtune.cli.chat", "chat with a model, an adapter or a training checkpoint"),
+    ("serve", "xtune.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
     ("list-cfg", "xtune.cli.configs", "list the shipped configs"),
     ("copy-cfg", "xtune.cli.configs", "copy a shipped config into a folder, ready to edit and train"),
     ("print-config", "xtune.cli.configs", "print a config fully resolved, with overrides applied"),

@@ -15,11 +15,12 @@ EXAMPLES = (
 HELP_LINE = "Type a message; /reset clears the conversation, /exit or Ctrl-D leaves."
 
 
-def add_parser(sub, name: str, text: str) -> None:
-    p = sub.add_parser(name, help=text, description=f"{text}. {EXAMPLES}")
+def add_model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    """What to load, shared by ``xtune chat`` and ``xtune serve``: MODEL [--adapter], or --config with
+    --checkpoint; --template, --bits, --device, --dtype, --trust-remote-code. ``verb`` fills the help."""
     p.add_argument("model", nargs="?", help="a Hugging Face model folder or hub name (not with --config)")
     p.add_argument("--adapter", help="a PEFT adapter folder to put on MODEL")
-    p.add_argument("--config", help="a training config: chat with --checkpoint without converting it")
+    p.add_argument("--config", help=f"a training config: {verb} with --checkpoint without converting it")
     p.add_argument("--checkpoint", help="a training checkpoint (with --config)")
     add_cfg_options(p)
     p.add_argument(
@@ -28,6 +29,20 @@ def add_parser(sub, name: str, text: str) -> None:
         help="chat template: a built-in name, or auto (default: the tokenizer's own, which "
         "xtune convert sets to the training template); --config uses the config's",
     )
+    p.add_argument("--bits", type=int, choices=[4, 8], help="load MODEL quantized (needs CUDA and bitsandbytes)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda if present), cpu or cuda")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="auto = bf16 on a GPU that has it, fp32 on the CPU",
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="run MODEL's own modelling code")
+
+
+def add_parser(sub, name: str, text: str) -> None:
+    p = sub.add_parser(name, help=text, description=f"{text}. {EXAMPLES}")
+    add_model_arguments(p, "chat")
     p.add_argument("--system", help="system prompt")
     p.add_argument(
         "--prompt",
@@ -49,59 +64,60 @@ def add_parser(sub, name: str, text: str) -> None:
         metavar="WORD",
         help="extra strings that end an answer (the template's are always used)",
     )
-    p.add_argument("--bits", type=int, choices=[4, 8], help="load MODEL quantized (needs CUDA and bitsandbytes)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda if present), cpu or cuda")
-    p.add_argument(
-        "--dtype",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        default="auto",
-        help="auto = bf16 on a GPU that has it, fp32 on the CPU",
-    )
-    p.add_argument("--trust-remote-code", action="store_true", help="run MODEL's own modelling code")
     p.set_defaults(func=chat)
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def check_model_arguments(args: argparse.Namespace, command: str, examples: str) -> None:
+    """MODEL or --config with --checkpoint, never both (see :func:`add_model_arguments`).
+
+    Raises:
+        XtuneError: The combination cannot be loaded; the message says which form to use.
+    """
     if args.config or args.checkpoint:
         if not (args.config and args.checkpoint):
-            raise XtuneError("--config and --checkpoint go together: xtune chat --config CFG --checkpoint PTH")
+            raise XtuneError(f"--config and --checkpoint go together: xtune {command} --config CFG --checkpoint PTH")
         if args.model or args.adapter or args.bits:
             raise XtuneError("pass either MODEL (with --adapter/--bits) or --config with --checkpoint, not both.")
         if args.template != "auto":
             raise XtuneError("--template does not apply with --config: the config's prompt_template is used.")
     elif not args.model:
-        raise XtuneError(f"pass a MODEL folder, or --config CFG --checkpoint PTH. {EXAMPLES}")
+        raise XtuneError(f"pass a MODEL folder, or --config CFG --checkpoint PTH. {examples}")
     elif args.cfg_options:
         raise XtuneError("--cfg-options applies only with --config.")
-    if args.max_new_tokens < 1:
-        raise XtuneError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
 
 
-def chat(args: argparse.Namespace) -> int:
-    _check_args(args)
+def load_model_from_arguments(args: argparse.Namespace):
+    """The :class:`xtune.chat.loading.ChatModel` that :func:`add_model_arguments`' options name."""
     from xtune.chat.loading import load_checkpoint_for_chat, load_model_for_chat
-    from xtune.chat.session import ChatSession, GenerationSettings
-    from xtune.chat.stopping import template_stop_words
     from xtune.config import parse_cfg_options
 
     if args.config:
-        loaded = load_checkpoint_for_chat(
+        return load_checkpoint_for_chat(
             args.config,
             args.checkpoint,
             parse_cfg_options(args.cfg_options),
             device=args.device,
             dtype=args.dtype,
         )
-    else:
-        loaded = load_model_for_chat(
-            args.model,
-            adapter=args.adapter,
-            template=args.template,
-            bits=args.bits,
-            device=args.device,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-        )
+    return load_model_for_chat(
+        args.model,
+        adapter=args.adapter,
+        template=args.template,
+        bits=args.bits,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def chat(args: argparse.Namespace) -> int:
+    check_model_arguments(args, "chat", EXAMPLES)
+    if args.max_new_tokens < 1:
+        raise XtuneError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    from xtune.chat.session import ChatSession, GenerationSettings
+    from xtune.chat.stopping import template_stop_words
+
+    loaded = load_model_from_arguments(args)
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
