@@ -21,7 +21,8 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "qlora": ["bitsandbytes>=0.45"],
-        "dev": ["pytest", "ruff"],
+        "dev": ["pytest", "ruff", "playwright"],  # playwright drives chromium in tests/board
+        "board": ["gradio>=6,<7"],  # xtune board
     },
     entry_points={"console_scripts": ["xtune=xtune.cli:main"]},
 )
