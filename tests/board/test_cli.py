@@ -38,3 +38,40 @@ def test_a_malformed_auth_is_an_error(auth):
 def test_loopback_names():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+
+
+@pytest.mark.slow
+def test_the_board_serves_behind_its_login_and_ends_cleanly_on_sigterm(tmp_path):
+    """The real command: it listens where told, asks for the login, and SIGTERM ends it (stopping its runs)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "xtune", "board", "--port", str(port), "--root", str(tmp_path / "runs")]
+    board = subprocess.Popen([*command, "--auth", "ada:pw"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, status = time.time() + 120, None
+        while status is None and time.time() < deadline and board.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5)
+                status = 200
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                time.sleep(0.5)
+        assert status == 401  # the page's config is behind the login
+        board.send_signal(signal.SIGTERM)
+        assert board.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if board.poll() is None:
+            board.kill()
+            board.wait()
+    assert board.stdout.read().decode().rstrip().endswith("xtune board: stopped")  # its runs were stopped
+    assert (tmp_path / "runs").is_dir()

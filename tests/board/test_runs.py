@@ -61,6 +61,9 @@ def test_stopping_reaches_the_whole_process_group_and_leaves_a_resumable_run(tmp
     jobs.shutdown(timeout=20)
     assert job.process.returncode == 2  # reaped: no zombie left
     _wait_for(lambda: not _alive(worker))  # the worker got the signal too
+    assert run_status(tmp_path / "run", job) == "stopped before its first checkpoint"
+    (tmp_path / "run" / "iter_3.pth").write_bytes(b"")
+    (tmp_path / "run" / "last_checkpoint").write_text(str(tmp_path / "run" / "iter_3.pth"))
     assert run_status(tmp_path / "run", job) == "stopped"
     assert json.loads((tmp_path / "run" / "board_run.json").read_text())["stopped"] is True
     assert log_tail(tmp_path / "run").startswith("$ xtune train demo")

@@ -251,7 +251,7 @@ def loss_frame(board: Board, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "loss", "run"])
 
 
-def build_watch(board: Board) -> gr.Dropdown:
+def build_watch(board: Board) -> tuple[gr.Dropdown, gr.Dropdown]:
     with gr.Row():
         run = gr.Dropdown(board.run_names(), label="Run", elem_id="watch-run", scale=3)
         refresh = gr.Button("Refresh run list", scale=1)
@@ -292,10 +292,19 @@ def build_watch(board: Board) -> gr.Dropdown:
     safe_tick = reports_errors(len(outputs))(tick)
     gr.Timer(REFRESH_SECONDS).tick(safe_tick, run, outputs, show_progress="hidden")
     run.change(safe_tick, run, outputs)
-    names = lambda: (gr.update(choices=board.run_names()), gr.update(choices=board.run_names()))  # noqa: E731
-    refresh.click(names, None, [run, compare])
+    refresh.click(_run_lists(board, 2), None, [run, compare])
     compare.change(do_compare, compare, [compare_plot, table])
-    return run
+    return run, compare
+
+
+def _run_lists(board: Board, count: int):
+    """A handler giving ``count`` run dropdowns the current runs."""
+
+    def update():
+        choices = board.run_names()
+        return [gr.update(choices=choices) for _ in range(count)] if count > 1 else gr.update(choices=choices)
+
+    return update
 
 
 def build_app(root: str | Path) -> tuple[gr.Blocks, Board]:
@@ -313,7 +322,7 @@ def build_app(root: str | Path) -> tuple[gr.Blocks, Board]:
             with gr.Tab("Train", id="train"):
                 train_tab = gr.Column()  # filled below: Start updates the Watch tab's run list
             with gr.Tab("Watch", id="watch") as watch_tab:
-                watch_run = build_watch(board)
+                watch_run, compare_runs = build_watch(board)
             with gr.Tab("Data", id="data"):
                 data_tab = gr.Column()
             with gr.Tab("Chat", id="chat") as chat_tab:
@@ -324,6 +333,7 @@ def build_app(root: str | Path) -> tuple[gr.Blocks, Board]:
             form = build_train(board, watch_run)
         with data_tab:
             build_data(board, form)
-        for tab, run in ((watch_tab, watch_run), (chat_tab, chat_run), (export_tab, export_run)):
-            tab.select(lambda: gr.update(choices=board.run_names()), None, run)  # runs started since
+        for tab, runs in ((watch_tab, [watch_run, compare_runs]), (chat_tab, [chat_run]), (export_tab, [export_run])):
+            # the runs started since the page was built
+            tab.select(_run_lists(board, len(runs)), None, runs)
     return demo, board

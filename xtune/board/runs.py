@@ -264,7 +264,9 @@ def run_status(work_dir: str | Path, job: TrainingJob | None = None) -> str:
     if code == 0:
         return "finished"
     if code is not None:
-        return "stopped" if record.get("stopped") or "Resume with" in log_tail(work_dir, 5) else f"failed (exit {code})"
+        if not (record.get("stopped") or "Resume with" in log_tail(work_dir, 5)):
+            return f"failed (exit {code})"
+        return "stopped" if last_checkpoint(work_dir) else "stopped before its first checkpoint"
     if record:  # started by a board that is gone
         return "unknown"
     if (work_dir / "throughput.json").is_file():

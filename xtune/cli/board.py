@@ -67,11 +67,15 @@ def board(args: argparse.Namespace) -> int:
         raise XtuneError(f"xtune board needs Gradio ({exc}): pip install 'xtune[board]'") from None
 
     demo, state = build_app(args.root)
-    # SIGTERM ends the board like Ctrl-C does: its runs are stopped (and save) on the way out.
+    # SIGTERM ends the board (status 143) like Ctrl-C does: its runs are stopped (and save) on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(f"xtune board: runs under {state.root}; http://{args.host}:{args.port}", file=sys.stderr)
     try:
         demo.queue().launch(server_name=args.host, server_port=args.port, auth=auth, css=CSS, quiet=True)
     finally:
+        running = state.jobs.active()
+        if running is not None:
+            print(f"xtune board: stopping {running.work_dir.name} (it saves a checkpoint first)", file=sys.stderr)
         state.jobs.shutdown()
+        print("xtune board: stopped", file=sys.stderr)
     return 0
