@@ -6,6 +6,7 @@ trace; the board keeps serving.
 
 import functools
 import logging
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,11 @@ def progress_text(board: Board, name: str) -> str:
         parts.append(f"loss {progress.loss:.4f}")
     text = " · ".join(parts)
     if status.startswith("failed"):
-        text += "\n\n**Training failed.** Its last lines are in the log below."
+        lines = log_tail(work_dir, lines=50, width=400).splitlines()
+        # xtune's own one-line error, else the exception a traceback ends with
+        cause = next((line for line in reversed(lines) if line.startswith("xtune: error:")), None)
+        cause = cause or next((line for line in reversed(lines) if re.match(r"^\w+(Error|Exception)\b", line)), "")
+        text += f"\n\n**Training failed.** {cause} (the log below has its last lines)"
     elif status == "stopped":
         text += "\n\nStopped with a checkpoint: press Resume in the Train tab (same run name) to continue."
     return text
@@ -258,7 +263,7 @@ def build_watch(board: Board) -> tuple[gr.Dropdown, gr.Dropdown]:
     progress = gr.Markdown(elem_id="progress")
     plot = gr.LinePlot(x="step", y="loss", title="Loss (from scalars.json)", elem_id="loss-plot", height=280)
     points = gr.Markdown(elem_id="loss-points")
-    log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, elem_id="log-tail", elem_classes="xt-log")
+    log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=40, elem_id="log-tail", elem_classes="xt-log")
     result = gr.JSON(label="Summary", elem_id="summary")
     with gr.Accordion("Compare runs", open=False):
         compare = gr.Dropdown(board.run_names(), multiselect=True, label="Runs", elem_id="compare-runs")
@@ -276,7 +281,7 @@ def build_watch(board: Board) -> tuple[gr.Dropdown, gr.Dropdown]:
             progress_text(board, name),
             frame,
             count,
-            log_tail(work_dir),
+            log_tail(work_dir, lines=20, width=240),
             summary(work_dir) if status != "running" else None,
         )
 

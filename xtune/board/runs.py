@@ -189,14 +189,18 @@ def log_path(work_dir: str | Path) -> Path | None:
     return logs[-1] if logs else None
 
 
-def log_tail(work_dir: str | Path, lines: int = 30, max_bytes: int = 1 << 18) -> str:
+def log_tail(work_dir: str | Path, lines: int = 30, max_bytes: int = 1 << 18, width: int | None = None) -> str:
+    """The last ``lines`` lines of the run's log, each cut to ``width`` characters when given."""
     path = log_path(work_dir)
     if path is None:
         return ""
     with open(path, "rb") as handle:
         handle.seek(max(0, path.stat().st_size - max_bytes))
         text = handle.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    tail = text.splitlines()[-lines:]
+    if width:
+        tail = [line if len(line) <= width else line[: width - 1] + "…" for line in tail]
+    return "\n".join(tail)
 
 
 def read_progress(work_dir: str | Path, finished: bool = False) -> Progress:
@@ -280,7 +284,7 @@ def summary(work_dir: str | Path) -> dict:
     points = loss_points(work_dir)
     result: dict = {"work_dir": str(work_dir), "status": run_status(work_dir)}
     if points:
-        result.update(final_step=points[-1][0], final_loss=round(points[-1][1], 4))
+        result.update(last_logged_step=points[-1][0], last_logged_loss=round(points[-1][1], 4))
     throughput = work_dir / "throughput.json"
     if throughput.is_file():
         data = json.loads(throughput.read_text())
