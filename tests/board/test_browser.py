@@ -86,6 +86,20 @@ def _type(page, elem_id: str, value: str, tag: str = "input") -> None:
     field.press("Tab")  # blur: Gradio takes the value
 
 
+def test_a_new_config_from_fields_previews_its_generated_config(page, board):
+    _pick(page, "stage", "pt")  # a stage change brings that stage's demo data
+    expect(page.locator("#data_path input")).to_have_value("pretrain_demo")
+    _pick(page, "finetune_type", "full")
+    page.locator("#preview").click()
+    run = "tiny_llama_lora_alpaca_demo"  # the name the form proposed on load
+    # model, finetune type, stage and data are in the written config: no --cfg-options needed
+    expect(page.locator("#command textarea")).to_have_value(
+        f"xtune train {board[1].root / run / 'board_config' / run}.py --work-dir {board[1].root / run}"
+    )
+    page.get_by_text("Resolved config (xtune print-config)").click()
+    expect(page.locator("#resolved")).to_contain_text("data_format = 'text'")  # the editor shows the top lines
+
+
 def test_invalid_knob_is_reported_on_the_page(page, artifacts):
     _pick(page, "config", CONFIG)
     expect(page.locator("#run_name textarea, #run_name input").first).to_have_value(CONFIG)
@@ -205,3 +219,16 @@ def test_export_converts_merges_and_verifies(page, board, artifacts):
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
     assert (board[1].root / RUN / "hf" / "adapter_model.safetensors").is_file()
     page.screenshot(path=str(artifacts / "board_export.png"), full_page=True)
+
+
+def test_chat_with_the_merged_model(page, board):
+    _tab(page, "Chat")
+    page.get_by_label("model folder (base or merged)").check()
+    _type(page, "chat-model", str(board[1].root / RUN / "hf_merged"), "textarea")
+    page.locator("#chat-load").click()
+    expect(page.locator("#chat-status")).to_contain_text("loaded /", timeout=60_000)
+    page.locator("#chat-input textarea").fill("Who are you?")
+    page.locator("#chat-send").click()
+    expect(page.locator("#chatbot")).to_contain_text(
+        "I am XTuneBot, an AI assistant developed by the xtune team", timeout=60_000
+    )
