@@ -22,7 +22,9 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         "qlora": ["bitsandbytes>=0.45"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-        "dev": ["pytest", "ruff", "openai>=1.40"],  # openai: the serve tests' client
+        "board": ["gradio>=6,<7"],  # xtune board
+        # openai: the serve tests' client; playwright drives chromium in tests/board
+        "dev": ["pytest", "ruff", "openai>=1.40", "playwright"],
     },
     entry_points={"console_scripts": ["xtune=xtune.cli:main"]},
 )

@@ -21,6 +21,7 @@ COMMANDS = [
     ("copy-cfg", "xtune.cli.configs", "copy a shipped config into a folder, ready to edit and train"),
     ("print-config", "xtune.cli.configs", "print a config fully resolved, with overrides applied"),
     ("check-dataset", "xtune.cli.check_dataset", "validate a config's data and show processed samples"),
+    ("board", "xtune.cli.board", "a web page to fine-tune, watch, chat and export"),
 ]
 
 
