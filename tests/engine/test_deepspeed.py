@@ -14,7 +14,6 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from xtune.cli import build_parser, main
 from xtune.convert.zero import is_zero_checkpoint, load_deepspeed_file, load_zero_checkpoint
 from xtune.engine.deepspeed import PRESETS, find_deepspeed_config, read_deepspeed_config, resolve_deepspeed_config
 from xtune.errors import CheckpointError, ConfigError
-from xtune.testing.training import PARITY_OPTIONS, cfg_options, final_weights, max_difference, train
+from xtune.testing.training import PARITY_OPTIONS, cfg_options, final_weights, max_difference, train, train_ranks
 
 FULL = "tiny_llama_full_identity_e3"
 LORA = "tiny_llama_lora_identity_e3"
@@ -50,13 +49,7 @@ def _options(model, data, batch_size: int, **extra) -> dict:
 
 
 def _run_ranks(config: str, work: Path, deepspeed: str, options: dict, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(NPROC_PER_NODE=str(RANKS), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "xtune", "train", config, "--work-dir", str(work), "--deepspeed", deepspeed]
-    command += [*extra, "--cfg-options", *cfg_options(options)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command[3:7])} failed:\n{result.stderr[-4000:]}"
-    return result
+    return train_ranks(config, work, options, ["--deepspeed", deepspeed, *extra], ranks=RANKS)
 
 
 def _zero_weights(work: Path) -> dict[str, torch.Tensor]:
