@@ -107,11 +107,12 @@ def test_copy_cfg_then_train_the_copy(tmp_path, capsys):
     assert "loss" in json.loads(scalars[0]) and "lr" in json.loads(scalars[0])
 
 
-def test_multi_process_launch_checks_the_config_before_starting_workers(monkeypatch, capsys):
+def test_multi_process_launch_checks_the_config_before_starting_workers(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("NPROC_PER_NODE", "2")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.chdir(tmp_path)  # the launcher locks ./work_dirs/<config>
     started = []
-    monkeypatch.setattr("xtune.cli.train.launch_workers", lambda argv: started.append(argv) or 0)
+    monkeypatch.setattr("xtune.cli.train.launch_workers", lambda argv, env=None: started.append(argv) or 0)
     assert main(["train", TINY, "--cfg-options", "no_such_knob=1"]) == 2
     assert not started and "no_such_knob" in capsys.readouterr().err
     assert main(["train", TINY, "--cfg-options", "lr=0.1"]) == 0

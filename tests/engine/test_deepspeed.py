@@ -13,8 +13,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,20 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from xtune.cli import build_parser, main
+from xtune.cli.workers import process_tree
 from xtune.convert.zero import is_zero_checkpoint, load_deepspeed_file, load_zero_checkpoint
 from xtune.engine.deepspeed import PRESETS, find_deepspeed_config, read_deepspeed_config, resolve_deepspeed_config
 from xtune.errors import CheckpointError, ConfigError
-from xtune.testing.training import PARITY_OPTIONS, cfg_options, final_weights, max_difference, train
+from xtune.testing.training import (
+    PARITY_OPTIONS,
+    cfg_options,
+    final_weights,
+    max_difference,
+    rank_command,
+    rank_env,
+    train,
+    train_ranks,
+)
 
 FULL = "tiny_llama_full_identity_e3"
 LORA = "tiny_llama_lora_identity_e3"
@@ -50,13 +61,7 @@ def _options(model, data, batch_size: int, **extra) -> dict:
 
 
 def _run_ranks(config: str, work: Path, deepspeed: str, options: dict, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(NPROC_PER_NODE=str(RANKS), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "xtune", "train", config, "--work-dir", str(work), "--deepspeed", deepspeed]
-    command += [*extra, "--cfg-options", *cfg_options(options)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command[3:7])} failed:\n{result.stderr[-4000:]}"
-    return result
+    return train_ranks(config, work, options, ["--deepspeed", deepspeed, *extra], ranks=RANKS)
 
 
 def _zero_weights(work: Path) -> dict[str, torch.Tensor]:
@@ -326,3 +331,35 @@ def test_zero3_evaluate_chat_and_save_hf_at_end(tiny_llama, alpaca_file, tmp_pat
     assert len(records) == 1 and records[0]["prompt"] == "Who are you?" and records[0]["answer"]
     # save_hf_at_end: the adapter is gathered from both ranks' ZeRO-3 shards
     assert (tmp_path / "hf" / "adapter_model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------- stop signals
+def test_sigterm_to_xtune_train_stops_every_rank_at_one_step_and_resume_is_exact(runs, tmp_path):
+    """SIGTERM to the launcher reaches the workers (not only torchrun), both ranks save the same
+    iteration, the exit status says "interrupted", and resuming ends where an uninterrupted run ends."""
+    options = _options(runs.model, runs.data, batch_size=2, accumulative_counts=1, max_epochs=8, save_steps=10**6)
+    work = tmp_path / "stopped"
+    command = rank_command(LORA, work, options, ["--deepspeed", "zero2"])
+    env = rank_env(RANKS)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(work.glob("*/vis_data/scalars.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)  # training steps are running
+    tree = process_tree(process.pid)
+    process.send_signal(signal.SIGTERM)  # to `xtune train` alone, as `kill PID` or a scheduler would
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert len(tree) >= 4 and not [pid for pid in tree if Path(f"/proc/{pid}").exists()]  # no orphans
+    saved = Path((work / "last_checkpoint").read_text().strip())
+    step = int(saved.name.split("_")[1].split(".")[0])
+    assert is_zero_checkpoint(saved) and 0 < step < 32
+    assert load_deepspeed_file(saved / "mp_rank_00_model_states.pt")["meta"]["iter"] == step  # not step + 1
+    assert len(list(saved.glob("*optim_states.pt"))) == RANKS  # every rank saved its part of the same step
+    assert f"interrupted by SIGTERM at iteration {step}" in err
+    assert f"Resume with: NPROC_PER_NODE=2 xtune train {LORA} --work-dir {work} --deepspeed zero2" in err
+
+    resumed = _run_ranks(LORA, work, "zero2", options, "--resume", "auto")
+    assert f"resumed epoch: 0, iter: {step}" in resumed.stdout + resumed.stderr
+    reference = tmp_path / "single"
+    assert train(LORA, reference, {**options, "batch_size": 2 * RANKS}) == 0
+    assert max_difference(final_weights(reference), _converted_weights(work, LORA)) < 1e-4

@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 from xtune.engine.checkpoints import newest_valid_checkpoint
 from xtune.engine.runner import load_checkpoint_file
 from xtune.errors import CheckpointError
-from xtune.testing.training import cfg_options, final_weights, max_difference, train
+from xtune.testing.training import cfg_options, final_weights, max_difference, train, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +40,6 @@ def _options(model, data) -> dict:
     }
 
 
-def _wait_for(path, process, timeout: float = 120.0) -> None:
-    start = time.time()
-    while not path.exists():
-        if process.poll() is not None:
-            pytest.fail(f"training ended (status {process.returncode}) before writing {path}")
-        if time.time() - start > timeout:
-            process.kill()
-            pytest.fail(f"no {path} after {timeout}s")
-        time.sleep(0.02)
-
-
 def test_kill_minus_9_then_resume_auto_ends_on_the_same_weights(tiny_llama, alpaca_file, tmp_path):
     options = _options(tiny_llama, alpaca_file)
     assert train(LORA, tmp_path / "straight", options) == 0
@@ -70,7 +58,7 @@ def test_kill_minus_9_then_resume_auto_ends_on_the_same_weights(tiny_llama, alpa
         *cfg_options(options),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(work / "last_checkpoint", process)
+    wait_for_file(work / "last_checkpoint", process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"

@@ -48,8 +48,10 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tiny_llama, alpa
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 2
-    assert "stopped by signal" in err and "--resume auto" in err
+    assert process.returncode == 128 + signal.SIGTERM  # interrupted, not a user error (2)
+    assert "interrupted by SIGTERM" in err
+    # the hint is the command that was typed, with --resume auto
+    assert f"Resume with: xtune train {LORA} --work-dir {tmp_path} --cfg-options" in err and "--resume auto" in err
     saved = (tmp_path / "last_checkpoint").read_text().strip()
     step = int(saved.rsplit("iter_", 1)[1].split(".")[0])
     assert step % 2 == 0 and step < 800  # saved at an optimizer-step boundary, before the end
@@ -98,3 +100,58 @@ def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_llama, alpaca_file, tm
     assert "skipped an optimizer step" in capsys.readouterr().out
     weights = final_weights(tmp_path)
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_non_finite_step_is_never_saved_and_last_checkpoint_stays_finite(tiny_llama, alpaca_file, tmp_path, capsys):
+    import torch
+
+    from xtune.engine.runner import load_checkpoint_file
+
+    # lr=1e30: the first step leaves huge weights, the next loss is NaN; a save after every step
+    options = {**_options(tiny_llama, alpaca_file), "lr": 1e30, "max_norm": None, "max_epochs": 3, "save_steps": 1}
+    options.update(accumulative_counts=1, save_total_limit=-1)
+    assert train(LORA, tmp_path, options) == 2
+    err = capsys.readouterr().err
+    saved = sorted(tmp_path.glob("iter_*.pth"))
+    assert saved, "the first, finite step should have been saved"
+    for path in saved:  # every checkpoint on disk is finite, including the one last_checkpoint names
+        state = load_checkpoint_file(str(path))["state_dict"]
+        assert all(torch.isfinite(value).all() for value in state.values()), path
+    kept = (tmp_path / "last_checkpoint").read_text().strip()
+    assert f"the last good checkpoint, {kept}, is kept" in err and "nothing was saved from it" in err
+
+
+def test_a_non_finite_first_step_says_that_no_checkpoint_exists(tiny_llama, alpaca_file, tmp_path, capsys):
+    options = {**_options(tiny_llama, alpaca_file), "lr": 1e30, "max_norm": None, "max_epochs": 3}
+    options.update(accumulative_counts=1, save_steps=10**6)
+    assert train(LORA, tmp_path, options) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint had been saved before: the run must start over" in err
+    assert "last good checkpoint" not in err and not (tmp_path / "last_checkpoint").exists()
+
+
+def test_a_run_whose_every_step_was_skipped_fails(tiny_llama, alpaca_file, tmp_path, capsys):
+    import torch
+    from mmengine.hooks import Hook
+
+    from xtune.registry import HOOKS
+
+    @HOOKS.register_module(force=True)
+    class PoisonAlwaysHook(Hook):
+        """Makes every loss NaN."""
+
+        def before_train(self, runner):
+            def poison(module, args, output):
+                (output if isinstance(output, torch.Tensor) else output.last_hidden_state).mul_(float("nan"))
+
+            runner.model.causal_lm().get_decoder().register_forward_hook(poison)
+
+    options = {
+        **_options(tiny_llama, alpaca_file),
+        "max_epochs": 1,
+        "train_cfg.nonfinite": "skip",
+        "custom_hooks": [{"type": "PoisonAlwaysHook"}],
+    }
+    assert train(LORA, tmp_path, options) == 2
+    err = capsys.readouterr().err
+    assert "every one of the 8 optimizer steps of this run was skipped" in err and "nothing was trained" in err

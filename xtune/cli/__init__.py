@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except XtuneError as exc:
         print(f"xtune: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # 2, or 128 + signal for a run stopped by a signal
     except KeyboardInterrupt:
         print("xtune: interrupted", file=sys.stderr)
         return 130

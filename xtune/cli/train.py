@@ -3,6 +3,7 @@
 import argparse
 import itertools
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,6 +25,12 @@ def add_parser(sub, name: str, text: str) -> None:
     p.add_argument("--deepspeed", help="zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path")
     p.add_argument("--resume", help="'auto' (newest checkpoint in the work dir, if any) or a checkpoint path")
     p.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
+    p.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="resume although batch_size, accumulative_counts, the number of ranks or the data differ from "
+        "the checkpoint's run (refused otherwise: the resumed run would not continue the same schedule)",
+    )
     p.add_argument(
         "--launcher",
         choices=["none", "pytorch", "slurm"],
@@ -103,8 +110,11 @@ def launch_settings(env: dict | None = None) -> dict[str, str]:
     }
 
 
-def launch_workers(argv: list[str]) -> int:
-    """Start ``NPROC_PER_NODE`` workers on this node with torchrun, run by this Python; their status."""
+def launch_workers(argv: list[str], env: dict | None = None) -> int:
+    """Start ``NPROC_PER_NODE`` workers on this node with torchrun, run by this Python; their status
+    (128 + the signal number when a stop signal was forwarded to them, see :mod:`xtune.cli.workers`)."""
+    from xtune.cli.workers import run_workers
+
     settings = launch_settings()
     command = [
         sys.executable,
@@ -118,7 +128,35 @@ def launch_workers(argv: list[str]) -> int:
         "--launcher",
         "pytorch",
     ]
-    return subprocess.call(command)
+    return run_workers(command, env=env)
+
+
+# Set by the launcher for its workers: the work dir it holds the lock of (workers then take none).
+LOCKED_ENV = "XTUNE_LOCKED_WORK_DIR"
+
+
+def work_dir_of(args: argparse.Namespace, cfg, path: Path) -> str:
+    """The run's work dir: ``--work-dir``, the config's ``work_dir``, or ``work_dirs/<config name>``."""
+    return args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
+
+
+def resume_command(args: argparse.Namespace, work_dir: str) -> str:
+    """The command that resumes this run: what was typed, with ``--resume auto`` and the work dir."""
+    argv, skip = [], False
+    for item in args.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if item in ("--resume", "--launcher"):
+            skip = True
+            continue
+        if item.startswith(("--resume=", "--launcher=")):
+            continue
+        argv.append(item)
+    if args.work_dir is None:
+        argv[1:1] = ["--work-dir", work_dir]
+    prefix = " ".join(f"{k}={os.environ[k]}" for k in ("NPROC_PER_NODE", "NNODES") if os.environ.get(k, "1") != "1")
+    return " ".join(filter(None, [prefix, "xtune train", shlex.join(argv), "--resume auto"]))
 
 
 def prepare_config(args: argparse.Namespace):
@@ -127,7 +165,7 @@ def prepare_config(args: argparse.Namespace):
 
     path = find_config(args.config)
     cfg = load_config(path, parse_cfg_options(args.cfg_options))
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / path.stem)
+    cfg.work_dir = work_dir_of(args, cfg, path)
     # Unique per run: mmengine keys its logger and message hub by experiment name, and two runs in one
     # process within the same second would otherwise share them.
     cfg.experiment_name = f"{path.stem}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_{next(_RUN_IDS)}"
@@ -187,10 +225,18 @@ def _note(message: str) -> None:
 
 
 def _resume_target(resume: str, work_dir: str) -> tuple[bool, str | None]:
-    from xtune.engine.checkpoints import newest_valid_checkpoint
+    from xtune.engine.checkpoints import find_resume_checkpoint
 
     if resume == "auto":
-        found = newest_valid_checkpoint(work_dir) if Path(work_dir).is_dir() else None
+        found, skipped = find_resume_checkpoint(work_dir) if Path(work_dir).is_dir() else (None, [])
+        for path, reason in skipped:
+            _note(f"--resume auto: skipping {path}: {reason}")
+        if found is None and skipped:
+            raise ConfigError(
+                f"--resume auto: {work_dir} has {len(skipped)} checkpoint(s) but none loads (see above). Starting "
+                "over would rotate them away: move them out of the work dir to start from scratch, or pass one "
+                "with --resume PATH."
+            )
         if found is None:
             _note(f"no checkpoint in {work_dir}; starting from scratch")
             return False, None
@@ -206,20 +252,62 @@ def _resume_target(resume: str, work_dir: str) -> tuple[bool, str | None]:
 def train(args: argparse.Namespace) -> int:
     if args.deepspeed:
         _check_deepspeed_arg(args.deepspeed)
+    from xtune.engine.lock import WorkDirLock
+
     if _wants_workers(args):
         # a bad config or option fails here, once, not in every worker
-        cfg = load_config(find_config(args.config), parse_cfg_options(args.cfg_options))
-        check_training(
-            cfg, args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / find_config(args.config).stem)
-        )
-        return launch_workers(args.argv[1:])
+        path = find_config(args.config)
+        cfg = load_config(path, parse_cfg_options(args.cfg_options))
+        work_dir = work_dir_of(args, cfg, path)
+        check_training(cfg, work_dir)
+        lock = WorkDirLock(work_dir)
+        if launch_settings()["node_rank"] == "0":  # one lock per job, on the first node
+            _report_lock(lock.acquire())
+        try:
+            return launch_workers(args.argv[1:], env={**os.environ, LOCKED_ENV: str(Path(work_dir).resolve())})
+        finally:
+            lock.release()
+    if os.environ.get(LOCKED_ENV):
+        from xtune.cli.workers import die_with_parent
+
+        die_with_parent()
     cfg = prepare_config(args)
+    lock = WorkDirLock(cfg.work_dir)
+    if os.environ.get(LOCKED_ENV) != str(Path(cfg.work_dir).resolve()) and os.environ.get("RANK", "0") == "0":
+        _report_lock(lock.acquire())
+    try:
+        return _run(cfg, args)
+    finally:
+        lock.release()
+
+
+def _report_lock(note: str | None) -> None:
+    if note:
+        _note(note)
+
+
+def _run(cfg, args: argparse.Namespace) -> int:
     import xtune.engine  # noqa: F401  (registers the runner, loop and hooks)
+    from xtune.engine.checkpoints import remove_temporary_files
+    from xtune.engine.loop import TrainingInterrupted
     from xtune.registry import RUNNERS
 
+    if os.environ.get("RANK", "0") == "0":
+        for removed in remove_temporary_files(cfg.work_dir):
+            _note(f"removed {removed}, left by an interrupted save")
     _start_cpu_process_group(cfg)
     runner = RUNNERS.build(cfg)
-    runner.train()
+    runner.allow_changed_data = bool(getattr(args, "allow_changed_data", False))
+    try:
+        runner.train()
+    except TrainingInterrupted as exc:
+        if os.environ.get("RANK", "0") != "0":
+            return exc.exit_status  # rank 0 says it once
+        if exc.resumable:
+            raise TrainingInterrupted(
+                f"{exc} Resume with: {resume_command(args, cfg.work_dir)}", exc.exit_status
+            ) from None
+        raise
     return 0
 
 

@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
 from xtune import __version__
+from xtune.dataset.cache import load_cached, remove_stale_builds, work_suffix
 from xtune.dataset.dataset_info import FORMATS, DatasetSpec, resolve_dataset
 from xtune.dataset.encode import EncodeOptions, encode_conversations, encode_texts
 from xtune.dataset.formats import convert_row, fill_placeholders
@@ -148,13 +149,20 @@ class SFTDataset(Dataset):
         if cache_root is None:
             return self._process()
         target = cache_root / self._key
-        if get_rank() == 0 and not (target / "dataset_info.json").exists():
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            work = target.with_name(target.name + f".build{os.getpid()}")
+        data = None
+        if get_rank() == 0:
+            remove_stale_builds(cache_root)
+            data = load_cached(target)  # None when missing or damaged (then removed, with a message)
+        if get_rank() == 0 and data is None:
+            tmp = target.with_name(target.name + work_suffix("tmp"))
+            work = target.with_name(target.name + work_suffix("build"))
             work.mkdir(parents=True, exist_ok=True)
             try:
                 # written to disk batch by batch, so memory does not grow with the number of rows
                 self._process(work / "rows.arrow").save_to_disk(str(tmp))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             if not target.exists():
@@ -162,7 +170,8 @@ class SFTDataset(Dataset):
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
         barrier()  # other ranks wait for rank 0 and then read its cache
-        data = datasets.load_from_disk(str(target))
+        if data is None:
+            data = datasets.load_from_disk(str(target))
         print_log(f"processed dataset: {target}", logger="current")
         return data
 

@@ -25,7 +25,13 @@ from mmengine.registry import STRATEGIES
 from mmengine.runner import FlexibleRunner
 
 from xtune.convert.zero import DEEPSPEED_CHECKPOINT_GLOBALS, load_deepspeed_file
-from xtune.engine.runner import CHECKPOINT_GLOBALS, PlainMessageHubMixin, load_checkpoint_file
+from xtune.engine.runner import (
+    CHECKPOINT_GLOBALS,
+    PlainMessageHubMixin,
+    load_checkpoint_file,
+    remove_path,
+    write_failure,
+)
 from xtune.errors import CheckpointError
 from xtune.registry import RUNNERS
 
@@ -147,11 +153,15 @@ class XtuneFlexibleRunner(PlainMessageHubMixin, FlexibleRunner):
         backend_args=None,
     ) -> None:
         """Write the DeepSpeed folder as ``<filename>.tmp`` on every rank, then rename it on rank 0."""
+        # setdefault as in mmengine's Runner: a save outside the interval (on a stop signal) passes the
+        # iteration it saves, which is the one to resume at (update made it one too many)
         meta = dict(meta or {})
         if by_epoch:
-            meta.update(epoch=self.epoch + 1, iter=self.iter)
+            meta.setdefault("epoch", self.epoch + 1)
+            meta.setdefault("iter", self.iter)
         else:
-            meta.update(epoch=self.epoch, iter=self.iter + 1)
+            meta.setdefault("epoch", self.epoch)
+            meta.setdefault("iter", self.iter + 1)
         meta.update(cfg=self.cfg.pretty_text, experiment_name=self.experiment_name)
         checkpoint = {"meta": meta, "message_hub": self.message_hub.state_dict()}
         self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
@@ -160,12 +170,16 @@ class XtuneFlexibleRunner(PlainMessageHubMixin, FlexibleRunner):
         if is_main_process() and osp.isdir(tmp):
             shutil.rmtree(tmp)  # left over from a crash during an earlier save
         barrier()
-        self.strategy.save_checkpoint(
-            filename=tmp,
-            save_optimizer=save_optimizer,
-            save_param_scheduler=save_param_scheduler,
-            extra_ckpt=checkpoint,
-        )
+        try:
+            self.strategy.save_checkpoint(
+                filename=tmp,
+                save_optimizer=save_optimizer,
+                save_param_scheduler=save_param_scheduler,
+                extra_ckpt=checkpoint,
+            )
+        except OSError as exc:
+            remove_path(tmp)
+            raise write_failure(final, exc) from None
         barrier()  # every rank's files are written
         if is_main_process():
             if osp.isdir(final):

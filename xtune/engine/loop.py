@@ -7,6 +7,7 @@ micro-batches, ranks and packed rows.
 """
 
 import math
+import os.path as osp
 import signal
 
 import torch
@@ -20,7 +21,43 @@ from xtune.registry import LOOPS
 
 
 class TrainingInterrupted(XtuneError):
-    """Training stopped on a signal or a non-finite loss; the message says how to resume."""
+    """Training stopped on a signal or a non-finite loss; the message says what was kept.
+
+    Args:
+        message: What happened and what is on disk.
+        exit_status: ``xtune train``'s status: 128 + the signal number for a signal, 2 otherwise.
+        resumable: The CLI adds the command that resumes the run.
+    """
+
+    def __init__(self, message: str, exit_status: int = 2, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.resumable = resumable
+
+
+def kept_checkpoint(work_dir: str) -> str | None:
+    """The checkpoint ``last_checkpoint`` names, if it exists."""
+    pointer = osp.join(work_dir, "last_checkpoint")
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer) as handle:
+        path = handle.read().strip()
+    return path if osp.exists(path) else None
+
+
+def nonfinite_stop(runner, what: str) -> TrainingInterrupted:
+    """The error for a non-finite loss or weights: nothing of that step was saved; names what is kept."""
+    kept = kept_checkpoint(runner.work_dir)
+    if kept:
+        where = f"nothing was saved from it; the last good checkpoint, {kept}, is kept. "
+        then = "then resume with --resume auto."
+    else:
+        where = "nothing was saved from it, and no checkpoint had been saved before: the run must start over. "
+        then = "then start again."
+    return TrainingInterrupted(
+        f"{what} at iteration {runner.iter}; {where}Lower lr, use fp32/bf16 instead of fp16, or check the data, {then}",
+        resumable=False,
+    )
 
 
 def schedulers_in_iterations(schedulers, epoch_length: int, max_epochs: int):
@@ -121,18 +158,36 @@ class TrainLoop(IterBasedTrainLoop):
         self._stop_signal = signum
         print_log(f"received signal {signum}: finishing the current step, then saving", logger="current")
 
-    def _save_and_raise(self, reason: str) -> None:
+    def _agreed_stop_signal(self) -> int | None:
+        """The stop signal any rank received during the step, the same on every rank.
+
+        Signals reach ranks at different moments; one small all-reduce per optimizer step makes every
+        rank stop after the same step, so they save the same iteration (and none waits forever for
+        another's next collective).
+        """
+        if not is_distributed():
+            return self._stop_signal
+        received = torch.zeros(signal.NSIG)  # ranks that received signal 1, 2, ...
+        if self._stop_signal is not None:
+            received[self._stop_signal - 1] = 1.0
+        all_reduce(received, op="sum")
+        found = received.nonzero()
+        return self._stop_signal or (int(found[0][0]) + 1 if len(found) else None)
+
+    def _save_and_raise(self, signum: int) -> None:
         from xtune.engine.hooks.checkpoint import AtomicCheckpointHook
 
         saved = None
         for hook in self.runner.hooks:
             if isinstance(hook, AtomicCheckpointHook):
-                hook.save_now(self.runner)
+                hook.save_now(self.runner)  # every rank takes part and waits until it is written
                 saved = hook.last_ckpt
         where = f"checkpoint saved at {saved}" if saved else "no checkpoint hook, nothing saved"
+        name = signal.Signals(signum).name
         raise TrainingInterrupted(
-            f"{reason} at iteration {self._iter}; {where}. Resume with: xtune train CONFIG --resume auto "
-            f"--work-dir {self.runner.work_dir}"
+            f"interrupted by {name} at iteration {self._iter}; {where}.",
+            exit_status=128 + signum,
+            resumable=bool(saved),
         )
 
     # ----------------------------------------------------------------------------- running
@@ -190,13 +245,24 @@ class TrainLoop(IterBasedTrainLoop):
                 self.run_iter(batch)
                 loss = self.runner.message_hub.get_scalar("train/loss").current()
                 if not math.isfinite(loss) and not skip:
-                    self._save_nothing_and_raise_nan(loss)
-            if self._stop_signal is not None:
-                self._save_and_raise(f"stopped by signal {self._stop_signal}")
+                    raise nonfinite_stop(self.runner, f"the loss became {loss}")
+            stop = self._agreed_stop_signal()
+            if stop is not None:
+                self._save_and_raise(stop)
+        if skip:
+            self._check_skipped_steps()
 
-    def _save_nothing_and_raise_nan(self, loss: float) -> None:
-        raise TrainingInterrupted(
-            f"the loss became {loss} at iteration {self._iter}; the last good checkpoint is kept in "
-            f"{self.runner.work_dir}. Lower lr, use fp32/bf16 instead of fp16, or check the data, then resume "
-            "with --resume auto."
-        )
+    def _check_skipped_steps(self) -> None:
+        """Report skipped steps; a run in which every optimizer step was skipped trained nothing: fail."""
+        wrapper = self.runner.optim_wrapper
+        skipped, steps = wrapper.skipped_steps, wrapper.steps
+        if not skipped:
+            return
+        if skipped == steps:
+            raise TrainingInterrupted(
+                f"every one of the {steps} optimizer steps of this run was skipped (a non-finite loss in each, "
+                "train_cfg.nonfinite='skip'): nothing was trained. Lower lr, use fp32/bf16 instead of fp16, or check "
+                "the data.",
+                resumable=False,
+            )
+        print_log(f"skipped {skipped} of {steps} optimizer steps (non-finite loss)", logger="current", level=30)

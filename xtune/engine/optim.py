@@ -1,6 +1,7 @@
 """The optimizer wrapper picked by the training dtype, able to skip steps with non-finite losses."""
 
 import torch
+from mmengine.dist import all_reduce, is_distributed
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
 
@@ -25,10 +26,17 @@ class FusedAdamConstructor(DefaultOptimWrapperConstructor):
 
 class SkipNonFiniteMixin:
     """Drops an optimizer step if any loss of its micro-batches was NaN or infinite (when
-    ``skip_nonfinite`` is set by the train loop's ``nonfinite='skip'``); the gradients are discarded."""
+    ``skip_nonfinite`` is set by the train loop's ``nonfinite='skip'``); the gradients are discarded.
+
+    Under data parallel the ranks agree (one small all-reduce per step): a step is dropped on every
+    rank if any rank's loss was bad, so the ranks' weights never part. ``steps`` and
+    ``skipped_steps`` count the optimizer steps this run took and dropped.
+    """
 
     skip_nonfinite = False
     _bad_step = False
+    steps = 0
+    skipped_steps = 0
 
     def update_params(self, loss: torch.Tensor, step_kwargs: dict | None = None, zero_kwargs: dict | None = None):
         if not self.skip_nonfinite:
@@ -36,7 +44,12 @@ class SkipNonFiniteMixin:
         self._bad_step = self._bad_step or not bool(torch.isfinite(loss.detach()).all())
         self.backward(self.scale_loss(loss))
         if self.should_update():
-            if self._bad_step:
+            bad = torch.tensor(float(self._bad_step))
+            if is_distributed():
+                all_reduce(bad, op="sum")
+            self.steps += 1
+            if bad > 0:
+                self.skipped_steps += 1
                 print_log("skipped an optimizer step: a loss in it was not finite", logger="current", level=30)
             else:
                 self.step(**(step_kwargs or {}))

@@ -1,5 +1,9 @@
 """Run xtune training in-process from tests, and read what it wrote."""
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +38,48 @@ def train(config: str, work_dir: str | Path, options: dict, extra_args: list[str
     return main(argv)
 
 
+def rank_command(config: str, work_dir: str | Path, options: dict, extra_args: list[str] | None = None) -> list[str]:
+    """The ``python -m xtune train ...`` command line of :func:`train_ranks`."""
+    command = [sys.executable, "-m", "xtune", "train", config, "--work-dir", str(work_dir), *(extra_args or [])]
+    return command + (["--cfg-options", *cfg_options(options)] if options else [])
+
+
+def rank_env(ranks: int) -> dict[str, str]:
+    """The environment for ``ranks`` local workers started by xtune's launcher (torchrun, gloo on CPU),
+    without the settings of an outer launcher that the test process may have."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env.update(NPROC_PER_NODE=str(ranks), OMP_NUM_THREADS="1")
+    return env
+
+
+def train_ranks(
+    config: str,
+    work_dir: str | Path,
+    options: dict,
+    extra_args: list[str] | None = None,
+    ranks: int = 2,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """``NPROC_PER_NODE=ranks xtune train ...`` in a subprocess; with ``check``, fails unless it exits 0."""
+    command = rank_command(config, work_dir, options, extra_args)
+    result = subprocess.run(command, env=rank_env(ranks), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command[3:])} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until ``path`` exists; fail if ``process`` ends first or the time runs out."""
+    start = time.time()
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"training ended (status {process.returncode}) before writing {path}")
+        if time.time() - start > timeout:
+            process.kill()
+            raise AssertionError(f"no {path} after {timeout}s")
+        time.sleep(0.02)
+
+
 def last_checkpoint(work_dir: str | Path) -> dict:
     """The checkpoint ``work_dir/last_checkpoint`` names."""
     path = (Path(work_dir) / "last_checkpoint").read_text().strip()
@@ -52,3 +98,14 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     if missing:
         raise KeyError(f"keys missing from the second state: {missing[:5]}")
     return max(float((a[key].float() - b[key].float()).abs().max()) for key in a)
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest over the keys of ``a`` of max |a - b| / max |b|: each tensor's error relative to its scale."""
+    missing = [key for key in a if key not in b]
+    if missing:
+        raise KeyError(f"keys missing from the second state: {missing[:5]}")
+    return max(
+        float((a[key].float() - b[key].float()).abs().max()) / max(float(b[key].float().abs().max()), 1e-12)
+        for key in a
+    )

@@ -3,24 +3,63 @@
 mmengine's CheckpointHook deletes the oldest checkpoint before writing the new one, so a crash during
 the write can leave no valid checkpoint at all. Here the new checkpoint is written to a temporary name
 and renamed (by :class:`xtune.engine.runner.XtuneRunner`), ``last_checkpoint`` is replaced atomically,
-and only then are old checkpoints removed.
+and only then are old checkpoints removed. A state with a non-finite loss or weights is never saved,
+so ``last_checkpoint`` only ever names a finite checkpoint.
 """
 
+import math
 import os
 import os.path as osp
 
-from mmengine.dist import is_main_process
+import torch
+from mmengine.dist import all_reduce, is_distributed, is_main_process
 from mmengine.hooks import CheckpointHook
 
+from xtune.engine.runner import remove_path, write_failure
 from xtune.registry import HOOKS
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    Raises:
+        CheckpointError: The write failed (a full disk); the temporary file is removed.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_path(tmp)
+        raise write_failure(path, exc) from None
+
+
+def nonfinite_problem(runner) -> str | None:
+    """What makes the current state unfit to save, the same answer on every rank: a non-finite loss
+    (unless ``nonfinite='skip'`` dropped that step) or non-finite trainable weights; None when fine."""
+    try:
+        loss = float(runner.message_hub.get_scalar("train/loss").current())
+    except KeyError:
+        loss = 0.0  # nothing trained yet
+    skipping = getattr(runner.train_loop, "nonfinite", "stop") == "skip"
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    weights_bad = False
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                local = getattr(param, "ds_tensor", param)  # ZeRO-3: this rank's partition
+                if local.numel() and not bool(torch.isfinite(local).all()):
+                    weights_bad = True
+                    break
+    flags = torch.tensor([float(not skipping and not math.isfinite(loss)), float(weights_bad)])
+    if is_distributed():
+        all_reduce(flags, op="sum")
+    if flags[0] > 0:
+        return f"the loss became {loss}" if not math.isfinite(loss) else "the loss became non-finite on another rank"
+    if flags[1] > 0:
+        return "the trainable weights became non-finite (NaN/Inf)"
+    return None
 
 
 @HOOKS.register_module()
@@ -28,6 +67,11 @@ class AtomicCheckpointHook(CheckpointHook):
     """A CheckpointHook whose saves and rotation never leave the work dir without a valid checkpoint."""
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        from xtune.engine.loop import nonfinite_stop
+
+        problem = nonfinite_problem(runner)
+        if problem:  # never saved, so last_checkpoint keeps naming a finite checkpoint
+            raise nonfinite_stop(runner, problem)
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info("last_ckpt", self.last_ckpt)
