@@ -79,6 +79,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def chat(args: argparse.Namespace) -> int:
     _check_args(args)
+    from xtune.stages.rm import refuse_reward_model
+
+    refuse_reward_model(args.model, args.adapter, getattr(args, "config", None))
     from xtune.chat.loading import load_checkpoint_for_chat, load_model_for_chat
     from xtune.chat.session import ChatSession, GenerationSettings
     from xtune.chat.stopping import template_stop_words

@@ -109,6 +109,14 @@ class FinetuneModel(BaseModel):
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.llm = self._load(pretrained_model_name_or_path, quantization, attn_implementation, trust_remote_code)
         self.llm.config.use_cache = False
+        if self.objective.model_kind == "sequence_classification" and self.llm.config.pad_token_id is None:
+            # HF's classifier reads the score at the last non-pad token: it needs to know the pad id
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                pretrained_model_name_or_path, trust_remote_code=trust_remote_code
+            )
+            self.llm.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
         if self._want_checkpointing(gradient_checkpointing):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":

@@ -8,8 +8,12 @@ Batch contract and units as the other pair stages (:func:`xtune.stages.data.pair
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
+from xtune.errors import ConfigError
 from xtune.registry import OBJECTIVES
 from xtune.stages.losses import reward_losses
 from xtune.stages.preference import PairObjective
@@ -46,3 +50,35 @@ class RewardObjective(PairObjective):
             "rewards/chosen": chosen.mean().detach(),
             "rewards/rejected": rejected.mean().detach(),
         }
+
+
+def _is_reward_dir(path: str | None) -> bool:
+    folder = Path(path) if path else None
+    if folder is None or not folder.is_dir():
+        return False
+    for name, key in (("adapter_config.json", "task_type"), ("config.json", "architectures")):
+        file = folder / name
+        if file.is_file():
+            value = json.loads(file.read_text()).get(key) or ""
+            if "SEQ_CLS" in str(value) or "ForSequenceClassification" in str(value):
+                return True
+    return False
+
+
+def refuse_reward_model(model: str | None, adapter: str | None = None, config: str | None = None) -> None:
+    """``xtune chat`` on a reward model (an HF dir, an adapter, or an rm config) is a clear error.
+
+    Raises:
+        ConfigError: The model scores text instead of generating it.
+    """
+    is_rm = _is_reward_dir(model) or _is_reward_dir(adapter)
+    if config and not is_rm:
+        from xtune.config import load_config
+
+        objective = (load_config(config).get("model") or {}).get("objective") or {}
+        is_rm = isinstance(objective, dict) and objective.get("type") == "rm"
+    if is_rm:
+        raise ConfigError(
+            f"{adapter or model or config} is a reward model (a scalar head, trained by the rm stage): it scores "
+            "text and cannot chat. Load it with AutoModelForSequenceClassification, or chat with a policy model."
+        )
