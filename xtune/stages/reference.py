@@ -10,6 +10,7 @@ of the base, or of the full model for full/freeze runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -40,7 +41,9 @@ def compute_reference(runner, objective) -> torch.Tensor:
     table, hits = None, torch.zeros(total)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), runner.optim_wrapper.optim_context(model):
+    # The autocast training runs under (AMP wrappers); DeepSpeed's wrapper has none: its weights carry the dtype
+    context = getattr(runner.optim_wrapper, "optim_context", None)
+    with torch.no_grad(), context(model) if context else contextlib.nullcontext():
         for start in range(0, per_rank, batch_size):
             chunk = mine[start : start + batch_size]
             real = [i < total for i in chunk]
