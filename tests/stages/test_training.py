@@ -189,3 +189,41 @@ def test_a_tiny_dpo_run_on_the_demo_pairs_learns_them(tmp_path):
     assert min(row["rewards/accuracies"] for row in late) > 0.9
     first, last = logged[0]["rewards/margins"], sum(row["rewards/margins"] for row in late) / 3
     assert abs(first) < 1e-5 and last > 0.5
+
+
+def test_full_kto_matches_a_plain_loop_with_a_frozen_reference_copy(tiny_llama, tmp_path):
+    from xtune.stages.data import KTODataset, kto_collate_fn
+
+    rows = json.loads((DATASET_INFO.parent / "kto_demo.json").read_text())[:8]
+    data = tmp_path / "kto8.json"
+    data.write_text(json.dumps(rows))
+    options = _options(tiny_llama, data, lr=1e-3, accumulative_counts=1, kto_chosen_weight=1.5)
+    assert train("tiny_llama_lora_kto_kto_demo_e3", tmp_path / "run", {**options, "model.finetune_type": "full"}) == 0
+    ours = final_weights(tmp_path / "run")
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    frozen = copy.deepcopy(policy).eval()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
+    dataset = KTODataset(str(data), str(tiny_llama), data_format="alpaca", max_length=256)
+    for start in range(0, len(dataset), 2):
+        batch = kto_collate_fn([dataset[start], dataset[start + 1]])
+        logps = _plain_logps(
+            policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
+        with torch.no_grad():
+            ref = _plain_logps(
+                frozen(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+            )
+        kl = (logps[2:] - ref[2:]).mean().clamp(min=0).detach()  # the mismatched completions
+        ratio = logps[:2] - ref[:2]
+        losses = [
+            1.5 * (1 - torch.sigmoid(BETA * (ratio[i] - kl)))
+            if batch["kto_label"][i]
+            else 1 - torch.sigmoid(BETA * (kl - ratio[i]))
+            for i in range(2)
+        ]
+        (sum(losses) / 2).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert max_difference(ours, policy.state_dict()) < 1e-4
+    assert max_difference(ours, frozen.state_dict()) > 1e-4  # training moved the weights
