@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from xtune.paths import DATASET_INFO
+from xtune.paths import DATASET_INFO, MODEL_DIR
 from xtune.stages.data import PreferenceDataset, pair_collate_fn
 from xtune.stages.preference import sequence_logps
 from xtune.testing.training import PARITY_OPTIONS, final_weights, max_difference, train
@@ -189,6 +189,18 @@ def test_a_tiny_dpo_run_on_the_demo_pairs_learns_them(tmp_path):
     assert min(row["rewards/accuracies"] for row in late) > 0.9
     first, last = logged[0]["rewards/margins"], sum(row["rewards/margins"] for row in late) / 3
     assert abs(first) < 1e-5 and last > 0.5
+    # the DPO adapter converts like an SFT one and loads in plain peft
+    from peft import PeftModel
+
+    from xtune.convert.pth_to_hf import pth_to_hf
+
+    checkpoint = (tmp_path / "last_checkpoint").read_text().strip()
+    adapter = pth_to_hf(tmp_path / f"{LORA}.py", checkpoint, tmp_path / "hf")
+    base = AutoModelForCausalLM.from_pretrained(MODEL_DIR / "tiny_llama", dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, str(adapter))
+    trained = final_weights(tmp_path)
+    name = next(k for k in trained if "lora_B" in k)
+    assert max_difference({name: trained[name]}, {name: loaded.state_dict()[name]}) < 1e-6
 
 
 def test_full_kto_matches_a_plain_loop_with_a_frozen_reference_copy(tiny_llama, tmp_path):
