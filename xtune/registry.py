@@ -21,13 +21,13 @@ from mmengine.registry import Registry
 # Causal-LM wrappers that apply a finetuning type (full, freeze, lora, qlora, dora).
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtune", locations=["xtune.model"])
 # Datasets that turn data files into token ids, labels and packed rows.
-DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, scope="xtune", locations=["xtune.dataset"])
+DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, scope="xtune", locations=["xtune.dataset", "xtune.stages"])
 # Samplers (length-grouped, resumable).
 DATA_SAMPLERS = Registry("data sampler", parent=MMENGINE_DATA_SAMPLERS, scope="xtune", locations=["xtune.dataset"])
 # Collate functions (padding, packed rows).
-FUNCTIONS = Registry("function", parent=MMENGINE_FUNCTIONS, scope="xtune", locations=["xtune.dataset"])
+FUNCTIONS = Registry("function", parent=MMENGINE_FUNCTIONS, scope="xtune", locations=["xtune.dataset", "xtune.stages"])
 # Training hooks (throughput, evaluate-chat, loss curve, dataset info, RNG state).
-HOOKS = Registry("hook", parent=MMENGINE_HOOKS, scope="xtune", locations=["xtune.engine"])
+HOOKS = Registry("hook", parent=MMENGINE_HOOKS, scope="xtune", locations=["xtune.engine", "xtune.stages"])
 # Training loops (epochs converted to iterations, token-count loss normalisation).
 LOOPS = Registry("loop", parent=MMENGINE_LOOPS, scope="xtune", locations=["xtune.engine"])
 # The Runner with atomic checkpoints and safe resume.
@@ -44,3 +44,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
 PARAM_SCHEDULERS = Registry(
     "parameter scheduler", parent=MMENGINE_PARAM_SCHEDULERS, scope="xtune", locations=["xtune.engine"]
 )
+# Training objectives, one per stage (sft, pt, dpo, orpo, simpo, kto, rm): batch contract, loss, metrics.
+OBJECTIVES = Registry("objective", scope="xtune", locations=["xtune.stages"])

@@ -22,6 +22,7 @@ custom_hooks = [
     dict(type='DatasetInfoHook'),
     dict(type='ThroughputHook'),
     dict(type='RNGStateHook'),
+    dict(type='ReferenceLogpsHook'),  # DPO/KTO: the initial model's log-probs, kept in checkpoints
     dict(type='LossCurveHook'),
     dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}'),
     dict(type='SaveHFHook', enabled='${save_hf_at_end}'),

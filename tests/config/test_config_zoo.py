@@ -50,9 +50,17 @@ DATASETS = {
     "sharegpt": "sharegpt_demo",
     "openai": "openai_demo",
     "pretrain": "pretrain_demo",
+    "preference": "preference_demo",
+    "orca_pairs": "orca_dpo_pairs",
+    "kto_demo": "kto_demo",
 }
-HUB_STAND_INS = {"alpaca": "alpaca_demo", "alpaca_zh": "alpaca_demo"}  # shipped data of the same format
-NAME = re.compile(r"^(?P<model>\w+?)_(?P<algo>full|freeze|lora|qlora|dora)_(?P<data>\w+)_e(?P<epochs>\d+)$")
+# shipped data of the same format
+HUB_STAND_INS = {"alpaca": "alpaca_demo", "alpaca_zh": "alpaca_demo", "orca_dpo_pairs": "preference_demo"}
+# The algorithm part is the finetune type, then the stage unless it is SFT/PT: lora_dpo, full_rm, ...
+NAME = re.compile(
+    r"^(?P<model>\w+?)_(?P<algo>full|freeze|lora|qlora|dora)(?:_(?P<stage>dpo|orpo|simpo|kto|rm))?"
+    r"_(?P<data>\w+)_e(?P<epochs>\d+)$"
+)
 
 # One optimizer step of one short row in fp32, with no answers generated at the end.
 ONE_STEP = {
@@ -127,6 +135,7 @@ def test_config_agrees_with_its_name_family_and_template(path):
     assert path.stem.startswith(f"{family}_")
     cfg = load_config(path)
     assert cfg.model.finetune_type == match["algo"]
+    assert cfg.model.objective.type == (match["stage"] or ("pt" if match["data"] == "pretrain" else "sft"))
     assert cfg.max_epochs == int(match["epochs"])
     assert cfg.train_cfg.max_epochs == cfg.max_epochs  # the knob reached the loop
     assert cfg.train_dataset.data_path == DATASETS[match["data"]] == cfg.data_path

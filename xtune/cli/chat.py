@@ -90,6 +90,9 @@ def load_model_from_arguments(args: argparse.Namespace):
     """The :class:`xtune.chat.loading.ChatModel` that :func:`add_model_arguments`' options name."""
     from xtune.chat.loading import load_checkpoint_for_chat, load_model_for_chat
     from xtune.config import parse_cfg_options
+    from xtune.stages.rm import refuse_reward_model
+
+    refuse_reward_model(args.model, args.adapter, getattr(args, "config", None))
 
     if args.config:
         return load_checkpoint_for_chat(

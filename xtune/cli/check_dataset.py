@@ -1,4 +1,8 @@
-"""``xtune check-dataset``: build a config's training data, report on it, show or dump the rows."""
+"""``xtune check-dataset``: build a config's training data, report on it, show or dump the rows.
+
+Stage datasets (preference pairs, KTO rows) show items with their own ``describe`` and dump ``record``s:
+``chosen_input_ids``/``chosen_labels``/``rejected_input_ids``/``rejected_labels`` per pair, or
+``input_ids``/``labels``/``kto_label`` per KTO row."""
 
 import argparse
 import json
@@ -45,6 +49,10 @@ def check_dataset(args: argparse.Namespace) -> int:
     print(json.dumps(dataset.statistics(), ensure_ascii=False, indent=2))
     tokenizer = dataset.tokenizer
     for index in range(min(args.num, len(dataset))):
+        if hasattr(dataset, "describe"):  # a stage's dataset (pairs, labelled completions) shows itself
+            print(f"--- item {index}")
+            print(dataset.describe(index))
+            continue
         row = dataset[index]
         print(f"--- row {index} ({len(row['input_ids'])} tokens)")
         if args.show == "text":
@@ -65,5 +73,6 @@ def _dump(dataset, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as handle:
         for index in range(len(dataset)):
-            handle.write(json.dumps(dataset[index]) + "\n")
+            record = dataset.record(index) if hasattr(dataset, "record") else dataset[index]
+            handle.write(json.dumps(record) + "\n")
     os.replace(tmp, path)

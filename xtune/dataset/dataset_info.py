@@ -41,6 +41,7 @@ COLUMN_FIELDS = (
     "text",
     "chosen",
     "rejected",
+    "kto_tag",
 )
 # LLaMA-Factory's names for the same fields, so its dataset_info entries can be copied unchanged.
 COLUMN_ALIASES = {

@@ -1,9 +1,9 @@
 """The training loop: epochs counted in iterations, one optimizer step per group of micro-batches.
 
 Before a step's first micro-batch runs, the loop looks ahead at all of the step's micro-batches and
-counts their trained tokens (summed over ranks). Every micro-batch's loss is its token-loss sum divided
-by that count, so a step's gradient is the mean over the step's tokens, however they were split into
-micro-batches, ranks and packed rows.
+asks the model's objective how many units they hold (trained tokens for SFT, pairs for DPO; summed over
+ranks). Every micro-batch's loss is its unit-loss sum divided by that count, so a step's gradient is
+the mean over the step's units, however they were split into micro-batches, ranks and packed rows.
 """
 
 import math
@@ -15,9 +15,9 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
 
-from xtune.dataset.collate import count_trained_tokens
 from xtune.errors import XtuneError
 from xtune.registry import LOOPS
+from xtune.stages.base import objective_of
 
 
 class TrainingInterrupted(XtuneError):
@@ -227,10 +227,11 @@ class TrainLoop(IterBasedTrainLoop):
         if skip:
             self.runner.optim_wrapper.skip_nonfinite = True
         world = get_world_size()
+        objective = objective_of(self.runner.model)
         while self._iter < self._max_iters and not self.stop_training:
             group_end = min(self._iter - self._iter % accumulate + accumulate, self._max_iters)
             batches = [next(self.dataloader_iterator) for _ in range(group_end - self._iter)]
-            tokens = torch.tensor(float(sum(count_trained_tokens(b["labels"]) for b in batches)))
+            tokens = torch.tensor(float(sum(objective.units(b) for b in batches)))
             if is_distributed():
                 all_reduce(tokens, op="sum")
             # The optimizer wrapper (or DeepSpeed) divides each loss by a factor and DDP (or ZeRO)

@@ -1,5 +1,5 @@
-"""Models: the finetuning wrapper and its loss."""
+"""Models: the builder every stage uses (finetune types) and the token loss."""
 
-from xtune.model.finetune import SupervisedFinetune
+from xtune.model.finetune import FinetuneModel, SupervisedFinetune
 
-__all__ = ["SupervisedFinetune"]
+__all__ = ["FinetuneModel", "SupervisedFinetune"]

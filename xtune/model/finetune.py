@@ -1,4 +1,9 @@
-"""The causal LM that xtune trains, with its finetuning type applied.
+"""The model builder every stage uses: a Hugging Face model with its finetuning type applied.
+
+The builder loads the head its objective asks for (``causal_lm``, or ``sequence_classification`` with
+one label for reward models), sets dtype, finetune type, gradient checkpointing and compilation, and
+owns checkpoint state. The loss is the objective's (:mod:`xtune.stages`): ``forward(mode='loss')``
+hands the batch to it.
 
 ``full`` trains every weight; ``freeze`` the last N decoder layers and named modules; ``lora``/``dora``
 wrap linear layers with peft adapters; ``qlora`` loads the base in 4 bits (bitsandbytes) first.
@@ -11,10 +16,9 @@ import pickle
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from xtune.errors import ConfigError, XtuneError, model_load_problem
-from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
@@ -43,9 +47,12 @@ def resolve_dtype(dtype: str) -> str:
     return dtype
 
 
-@MODELS.register_module()
-class SupervisedFinetune(BaseModel):
-    """A Hugging Face causal LM prepared for one finetuning type.
+@MODELS.register_module(name="FinetuneModel")
+@MODELS.register_module(name="SupervisedFinetune")
+class FinetuneModel(BaseModel):
+    """A Hugging Face model prepared for one finetuning type, trained by one objective.
+
+    ``SupervisedFinetune`` (the name SFT configs use) is the same class; its default objective is SFT.
 
     Args:
         pretrained_model_name_or_path: Model directory or hub name.
@@ -68,6 +75,7 @@ class SupervisedFinetune(BaseModel):
         compile_layers: ``torch.compile`` each decoder layer (norms, RoPE, MLP activation and LoRA's
             element-wise work fuse into fewer kernels). The first batches of new lengths are slow while it
             compiles; the numbers are those of the uncompiled layers.
+        objective: The stage's objective config (``dict(type='dpo', pref_beta=0.1)``); None is SFT.
     """
 
     def __init__(
@@ -83,9 +91,13 @@ class SupervisedFinetune(BaseModel):
         trust_remote_code: bool = False,
         loss_chunk_size: int = 1024,
         compile_layers: bool = False,
+        objective: dict | None = None,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
+        from xtune.stages import build_objective
+
+        self.objective = build_objective(objective)
         if finetune_type not in FINETUNE_TYPES:
             raise ConfigError(f"model.finetune_type must be one of {FINETUNE_TYPES}, got '{finetune_type}'.")
         if not isinstance(loss_chunk_size, int) or isinstance(loss_chunk_size, bool) or loss_chunk_size < 0:
@@ -98,6 +110,14 @@ class SupervisedFinetune(BaseModel):
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.llm = self._load(pretrained_model_name_or_path, quantization, attn_implementation, trust_remote_code)
         self.llm.config.use_cache = False
+        if self.objective.model_kind == "sequence_classification" and self.llm.config.pad_token_id is None:
+            # HF's classifier reads the score at the last non-pad token: it needs to know the pad id
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                pretrained_model_name_or_path, trust_remote_code=trust_remote_code
+            )
+            self.llm.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
         if self._want_checkpointing(gradient_checkpointing):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":
@@ -119,8 +139,12 @@ class SupervisedFinetune(BaseModel):
             kwargs["attn_implementation"] = attn
         if self.finetune_type == "qlora":
             kwargs.update(self._quantization_kwargs(quantization or {}))
+        auto_class = AutoModelForCausalLM
+        if self.objective.model_kind == "sequence_classification":
+            auto_class = AutoModelForSequenceClassification
+            kwargs["num_labels"] = 1  # a scalar reward
         try:
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            return auto_class.from_pretrained(path, **kwargs)
         except (OSError, ValueError, pickle.UnpicklingError) as exc:
             raise ConfigError(
                 f"cannot load the model {model_load_problem(path, exc)}. "
@@ -168,7 +192,9 @@ class SupervisedFinetune(BaseModel):
             self.llm = prepare_model_for_kbit_training(
                 self.llm, use_gradient_checkpointing=self.llm.is_gradient_checkpointing
             )
-        config = LoraConfig(task_type="CAUSAL_LM", use_dora=use_dora, **settings)
+        # SEQ_CLS makes peft train (and save) the new score head in full beside the adapters
+        task = "SEQ_CLS" if self.objective.model_kind == "sequence_classification" else "CAUSAL_LM"
+        config = LoraConfig(task_type=task, use_dora=use_dora, **settings)
         self.llm = get_peft_model(self.llm, config)
 
     def init_weights(self) -> None:
@@ -180,34 +206,16 @@ class SupervisedFinetune(BaseModel):
 
     # ----------------------------------------------------------------------------- running
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        loss_scale: float | None = None,
-        num_tokens: torch.Tensor | None = None,
-        mode: str = "loss",
+        self, input_ids: torch.Tensor | None = None, mode: str = "loss", loss_scale: float | None = None, **batch
     ):
-        """``mode="loss"``: the summed token loss times ``loss_scale`` (default: 1 / trained tokens).
-
-        ``position_ids`` without ``attention_mask`` marks packed rows: positions restart at each sample.
-        ``num_tokens`` (each row's real tokens, for throughput logging) is not used here.
-        """
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        head = self._chunkable_head() if mode == "loss" else None
-        if head is not None:
-            causal_lm = self.causal_lm()
-            hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-            softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-            loss_sum, count = chunked_token_loss_sum(hidden, head.weight, labels, self.loss_chunk_size, softcap)
-        else:
-            logits = self.llm(**inputs, use_cache=False).logits
-            if mode != "loss":
-                return logits
-            loss_sum, count = shifted_token_loss_sum(logits, labels)
-        scale = loss_scale if loss_scale is not None else 1.0 / max(int(count), 1)
-        return {"loss": loss_sum * scale}
+        """``mode="loss"``: the objective's loss (times ``loss_scale``, default its own normaliser) and
+        metrics; otherwise the model's logits for ``input_ids``/``attention_mask``/``position_ids``.
+        ``batch`` is whatever the objective's collate function produced."""
+        batch["input_ids"] = input_ids
+        if mode == "loss":
+            return self.objective.compute(self, batch, loss_scale)
+        inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "position_ids")}
+        return self.llm(**inputs, use_cache=False).logits
 
     def causal_lm(self):
         """The transformers causal LM, under peft's wrapper where there is one."""
@@ -215,7 +223,7 @@ class SupervisedFinetune(BaseModel):
 
     def _chunkable_head(self) -> torch.nn.Linear | None:
         """The output layer when the chunked loss applies to it, else None."""
-        if not self.loss_chunk_size:
+        if not self.loss_chunk_size or self.objective.model_kind != "causal_lm":
             return None
         causal_lm = self.causal_lm()
         head = causal_lm.get_output_embeddings()
@@ -240,3 +248,6 @@ class SupervisedFinetune(BaseModel):
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Load a checkpoint; for partial types, missing keys are the frozen base weights."""
         return super().load_state_dict(state_dict, strict=strict and self.finetune_type == "full", assign=assign)
+
+
+SupervisedFinetune = FinetuneModel

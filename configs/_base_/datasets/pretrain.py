@@ -5,4 +5,5 @@ _base_ = ['./sft.py']
 data_path = 'pretrain_demo'
 data_format = 'text'
 pack_to_max_length = True
+objective = dict(type='pt')
 evaluation_inputs = []  # a base model does not answer chat prompts

@@ -7,6 +7,7 @@ pack_to_max_length = True
 batch_size = 1  # per device
 dataloader_num_workers = 0
 evaluation_inputs = []  # prompts answered during training (EvaluateChatHook)
+objective = dict(type='sft')  # the training stage (xtune.stages): next-token loss on the trained tokens
 
 train_dataset = dict(
     type='SFTDataset',

@@ -16,4 +16,5 @@ model = dict(
     trust_remote_code='${trust_remote_code}',
     loss_chunk_size='${loss_chunk_size}',
     compile_layers='${compile_layers}',
+    objective='${objective}',  # the stage's objective: set by the dataset/stage base (sft, dpo, ...)
 )

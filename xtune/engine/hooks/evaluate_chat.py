@@ -46,6 +46,10 @@ class EvaluateChatHook(Hook):
         from xtune.chat.stopping import template_stop_words
 
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        from xtune.stages.base import objective_of
+
+        if objective_of(runner.model).model_kind != "causal_lm":  # a reward model scores text, it does not answer
+            return
         llm = model.llm
         # Under ZeRO-3 every forward gathers weights from all ranks: every rank must generate, in step.
         sharded = any(hasattr(p, "ds_numel") for p in llm.parameters())

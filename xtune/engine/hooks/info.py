@@ -36,10 +36,14 @@ class DatasetInfoHook(Hook):
         if not hasattr(dataset, "statistics"):
             return
         print_log("dataset: " + json.dumps(dataset.statistics(), ensure_ascii=False), logger="current")
-        if len(dataset):
+        if not len(dataset):
+            return
+        if hasattr(dataset, "describe"):  # a stage's dataset shows its own items (pairs, labelled rows)
+            shown = dataset.describe(0)
+        else:
             item = dataset[0]
             shown = masked_text(dataset.tokenizer, item["input_ids"], item["labels"])
-            print_log(f"first training row, untrained parts in [-100: ...]:\n{shown}", logger="current")
+        print_log(f"first training row, untrained parts in [-100: ...]:\n{shown}", logger="current")
 
 
 @HOOKS.register_module()

@@ -16,6 +16,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from xtune.registry import HOOKS
+from xtune.stages.base import objective_of
+from xtune.stages.sft import packed_sample_lengths as sample_lengths  # noqa: F401  (its old home)
 
 # Dense bf16 peak FLOP/s of common training GPUs (vendor datasheets, without sparsity).
 PEAK_FLOPS = {
@@ -74,18 +76,6 @@ def training_flops(matmul_params: int, layers: int, width: int, lengths: list[in
     return 6.0 * matmul_params * tokens + 6.0 * layers * width * sum(n * n for n in lengths)
 
 
-def sample_lengths(batch: dict) -> list[int]:
-    """The real samples' lengths in a collated batch: packed rows split where positions restart."""
-    rows = batch["num_tokens"].reshape(-1).tolist()
-    if "position_ids" not in batch or batch["position_ids"] is None:
-        return [int(n) for n in rows]
-    lengths = []
-    for positions, real in zip(batch["position_ids"], rows, strict=True):
-        starts = (positions[: int(real)] == 0).nonzero().squeeze(1).tolist() + [int(real)]
-        lengths += [end - start for start, end in zip(starts, starts[1:], strict=False) if end > start]
-    return lengths
-
-
 @HOOKS.register_module()
 class ThroughputHook(Hook):
     """Logs ``tokens_per_sec`` (real, non-pad tokens per device), ``tflops`` and ``mfu`` each iteration,
@@ -131,7 +121,7 @@ class ThroughputHook(Hook):
         _synchronize()
         now = time.perf_counter()
         elapsed = max(now - self._start, 1e-9)
-        lengths = sample_lengths(data_batch)
+        lengths = objective_of(runner.model).sample_lengths(data_batch)
         tokens = sum(lengths)
         flops = training_flops(self._params, self._layers, self._width, lengths)
         runner.message_hub.update_scalar("train/tokens_per_sec", tokens / elapsed)
