@@ -3,5 +3,4 @@ _base_ = ['./sft.py']
 data_path = 'identity'
 name = 'xtune'
 author = 'the xtune team'
-train_dataset = dict(placeholders=dict(name='${name}', author='${author}'))
 evaluation_inputs = ['Who are you?', '你是谁？']

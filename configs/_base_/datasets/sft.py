@@ -7,6 +7,11 @@ pack_to_max_length = True
 batch_size = 1  # per device
 dataloader_num_workers = 0
 evaluation_inputs = []  # prompts answered during training (EvaluateChatHook)
+# Fill {{name}} and {{author}} in the data (identity data: "I am {{name}}, made by {{author}}"). Left unset,
+# text that holds them is an error, so they are never trained literally.
+name = None
+author = None
+skip_bad_rows = False  # True: leave malformed rows out (counted, with reasons, in the dataset statistics)
 
 train_dataset = dict(
     type='SFTDataset',
@@ -17,6 +22,8 @@ train_dataset = dict(
     max_length='${max_length}',
     pack_to_max_length='${pack_to_max_length}',
     trust_remote_code='${trust_remote_code}',
+    placeholders=dict(name='${name}', author='${author}'),
+    skip_bad_rows='${skip_bad_rows}',
 )
 train_dataloader = dict(
     batch_size='${batch_size}',
