@@ -44,6 +44,8 @@ class SFTDataset(Dataset):
         truncation: ``truncate`` or ``drop`` over-long samples.
         train_on_prompt: Train on prompts too.
         mask_history: Train only on the last assistant turn.
+        keep_history_reasoning: Keep ``<think>`` reasoning in earlier assistant turns too (qwen3 and
+            deepseek templates); the replies after the last user query always keep theirs.
         placeholders: Values for ``{{key}}`` placeholders in the data (identity data: name, author);
             ``{{name}}``/``{{author}}`` left without a value are an error.
         columns: Column renames, schema field -> column in the file.
@@ -70,6 +72,7 @@ class SFTDataset(Dataset):
         truncation: str = "truncate",
         train_on_prompt: bool = False,
         mask_history: bool = False,
+        keep_history_reasoning: bool = False,
         placeholders: dict | None = None,
         columns: dict | None = None,
         tags: dict | None = None,
@@ -105,7 +108,9 @@ class SFTDataset(Dataset):
         self.pack = pack_to_max_length and not self.concat
         # Joined documents are cut into blocks later, so each document is kept whole here.
         encode_length = 2**62 if self.concat else max_length
-        self.options = EncodeOptions(encode_length, truncation, train_on_prompt, mask_history)
+        self.options = EncodeOptions(
+            encode_length, truncation, train_on_prompt, mask_history, keep_history_reasoning=keep_history_reasoning
+        )
         self.placeholders = {k: str(v) for k, v in (placeholders or {}).items() if v is not None}
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
