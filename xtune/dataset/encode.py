@@ -262,3 +262,20 @@ def _finish(ids: list[int], labels: list[int], options: EncodeOptions) -> dict:
     if labels.count(IGNORE_INDEX) == len(labels):
         return {"input_ids": [], "labels": [], "status": "dropped: no trained tokens (after truncation)"}
     return {"input_ids": ids, "labels": labels, "status": status}
+
+
+def masked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The sample's text with untrained stretches shown as ``[-100: ...]``: what the loss sees."""
+    pieces, run, trained = [], [], None
+    for token, label in zip(input_ids, labels):
+        is_trained = label != IGNORE_INDEX
+        if trained is not None and is_trained != trained:
+            text = tokenizer.decode(run)
+            pieces.append(text if trained else f"[-100: {text}]")
+            run = []
+        run.append(token)
+        trained = is_trained
+    if run:
+        text = tokenizer.decode(run)
+        pieces.append(text if trained else f"[-100: {text}]")
+    return "".join(pieces)

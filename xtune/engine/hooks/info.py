@@ -6,25 +6,8 @@ import os.path as osp
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from xtune.dataset.encode import IGNORE_INDEX
+from xtune.dataset.encode import masked_text
 from xtune.registry import HOOKS
-
-
-def masked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
-    """The sample's text with untrained stretches shown as ``[-100: ...]``: what the loss sees."""
-    pieces, run, trained = [], [], None
-    for token, label in zip(input_ids, labels):
-        is_trained = label != IGNORE_INDEX
-        if trained is not None and is_trained != trained:
-            text = tokenizer.decode(run)
-            pieces.append(text if trained else f"[-100: {text}]")
-            run = []
-        run.append(token)
-        trained = is_trained
-    if run:
-        text = tokenizer.decode(run)
-        pieces.append(text if trained else f"[-100: {text}]")
-    return "".join(pieces)
 
 
 @HOOKS.register_module()
