@@ -83,6 +83,7 @@ def chat(args: argparse.Namespace) -> int:
     from xtune.chat.session import ChatSession, GenerationSettings
     from xtune.chat.stopping import template_stop_words
     from xtune.config import parse_cfg_options
+    from xtune.config.loader import resolve_model_path
 
     if args.config:
         loaded = load_checkpoint_for_chat(
@@ -94,7 +95,7 @@ def chat(args: argparse.Namespace) -> int:
         )
     else:
         loaded = load_model_for_chat(
-            args.model,
+            resolve_model_path(args.model),  # a shipped demo model's short name, as in configs
             adapter=args.adapter,
             template=args.template,
             bits=args.bits,
