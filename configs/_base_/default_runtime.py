@@ -23,7 +23,8 @@ custom_hooks = [
     dict(type='ThroughputHook'),
     dict(type='RNGStateHook'),
     dict(type='LossCurveHook'),
-    dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}'),
+    dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}',
+         inputs_for='${evaluation_inputs_for}', data_path='${data_path}'),
     dict(type='SaveHFHook', enabled='${save_hf_at_end}'),
 ]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

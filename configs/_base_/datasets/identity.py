@@ -4,3 +4,4 @@ data_path = 'identity'
 name = 'xtune'
 author = 'the xtune team'
 evaluation_inputs = ['Who are you?', '你是谁？']
+evaluation_inputs_for = 'identity'  # asked only while data_path is 'identity'

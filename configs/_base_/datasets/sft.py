@@ -7,6 +7,7 @@ pack_to_max_length = True
 batch_size = 1  # per device
 dataloader_num_workers = 0
 evaluation_inputs = []  # prompts answered during training (EvaluateChatHook)
+evaluation_inputs_for = None  # the data_path those prompts are for: other data skips them (None: always asked)
 # Fill {{name}} and {{author}} in the data (identity data: "I am {{name}}, made by {{author}}"). Left unset,
 # text that holds them is an error, so they are never trained literally.
 name = None
