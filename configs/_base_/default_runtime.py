@@ -29,7 +29,8 @@ custom_hooks = [
 ]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
-visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+report_to = 'tensorboard'  # trackers beside scalars.json: tensorboard, wandb, mlflow, swanlab (comma-separated), 'none'
+visualizer = dict(type='TrackerVisualizer', report_to='${report_to}')
 log_processor = dict(by_epoch=False, window_size=1)
 log_level = 'INFO'
 load_from = None

@@ -11,6 +11,7 @@ from xtune.engine.hooks import (
 from xtune.engine.loop import TrainLoop
 from xtune.engine.optim import DtypeOptimWrapper
 from xtune.engine.runner import XtuneRunner
+from xtune.engine.visualizer import TrackerVisualizer
 
 __all__ = [
     "AtomicCheckpointHook",
@@ -21,5 +22,6 @@ __all__ = [
     "ThroughputHook",
     "TrainLoop",
     "XtuneRunner",
+    "TrackerVisualizer",
     "DtypeOptimWrapper",
 ]
