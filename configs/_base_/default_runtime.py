@@ -11,7 +11,8 @@ evaluation_freq = 0  # iterations between those answers; 0 = only at the end
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval='${log_interval}', log_metric_by_epoch=False),
+    # also logs the first and last iteration; a progress bar on an interactive terminal (progress_bar='auto')
+    logger=dict(type='XtuneLoggerHook', interval='${log_interval}', log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # interval is in iterations (micro-batches): save_steps optimizer steps of accumulative_counts each
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval='${save_steps * accumulative_counts}',

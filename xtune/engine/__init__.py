@@ -1,5 +1,6 @@
 """Training engine: the runner, the loop and the hooks."""
 
+from xtune.engine.console import XtuneLoggerHook
 from xtune.engine.hooks import (
     AtomicCheckpointHook,
     DatasetInfoHook,
@@ -21,6 +22,7 @@ __all__ = [
     "RNGStateHook",
     "ThroughputHook",
     "TrainLoop",
+    "XtuneLoggerHook",
     "XtuneRunner",
     "TrackerVisualizer",
     "DtypeOptimWrapper",

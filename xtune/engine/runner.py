@@ -10,6 +10,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
 
+from xtune.engine.console import QuietConsoleMixin
 from xtune.errors import CheckpointError, refused_pickle
 from xtune.registry import RUNNERS
 
@@ -100,7 +101,7 @@ class PlainMessageHubMixin:
 
 
 @RUNNERS.register_module()
-class XtuneRunner(PlainMessageHubMixin, Runner):
+class XtuneRunner(QuietConsoleMixin, PlainMessageHubMixin, Runner):
     """mmengine's Runner with crash-safe checkpoint writes and safe resume."""
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:

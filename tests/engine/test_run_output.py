@@ -1,4 +1,5 @@
-"""Experiment trackers: TensorBoard beside scalars.json by default, others by one knob, never required."""
+"""What a run shows: a short terminal (summary line, first and last iteration), the details in the log file,
+TensorBoard beside scalars.json by default and other trackers by one knob, never required."""
 
 import importlib.util
 import json
@@ -11,12 +12,25 @@ from xtune.errors import ConfigError
 from xtune.testing.training import train
 
 
-def test_tensorboard_is_on_by_default_beside_scalars_json(tmp_path):
+def test_quiet_terminal_full_log_file_and_tensorboard_beside_scalars_json(tmp_path, capfd):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    options = {"max_epochs": 1, "log_interval": 1, "evaluation_inputs": [], "save_steps": 10**6}
+    options = {"max_epochs": 1, "log_interval": 100, "evaluation_inputs": [], "save_steps": 10**6}
     options |= {"max_length": 128, "pack_to_max_length": True, "batch_size": 8, "dtype": "fp32"}
     assert train("tiny_llama_lora_identity_e3", tmp_path, options) == 0
+    terminal = capfd.readouterr()
+    shown = terminal.out + terminal.err
+    (log_file,) = tmp_path.rglob("*.log")
+    log = log_file.read_text()
+    for detail in ("System environment:", "Config:", "Hooks will be executed", "first training row", "dataset: {"):
+        assert detail not in shown and detail in log, detail
+    for noise in ("FileClient", "HardDiskBackend", "is_gradient_checkpointing", "SyncBatchNorm"):
+        assert noise not in shown, noise
+    summary = [line for line in shown.splitlines() if "parameters trainable; data" in line]
+    assert len(summary) == 1 and "(lora)" in summary[0] and "optimizer steps; work dir" in summary[0]
+    # log_interval=100 is longer than the run: still the first and the last iteration are logged
+    iterations = [line for line in shown.splitlines() if "Iter(train) [" in line]
+    assert len(iterations) == 2 and "[1/" in iterations[0].replace(" ", "") and "loss:" in iterations[1]
     (scalars,) = tmp_path.rglob("scalars.json")
     losses = [json.loads(line)["loss"] for line in scalars.read_text().splitlines() if '"loss"' in line]
     events = list(tmp_path.rglob("events.out.tfevents.*"))
@@ -24,7 +38,7 @@ def test_tensorboard_is_on_by_default_beside_scalars_json(tmp_path):
     accumulator = EventAccumulator(str(events[0].parent))
     accumulator.Reload()
     logged = [event.value for event in accumulator.Scalars("loss")]
-    assert logged == pytest.approx(losses, rel=1e-5) and losses
+    assert logged == pytest.approx(losses, rel=1e-5) and len(losses) == 2
 
 
 def test_report_to_picks_backends():
