@@ -12,12 +12,15 @@ from xtune.errors import ConfigError
 from xtune.testing.training import train
 
 
+# 24 identity rows, 8 a batch, unpacked: 3 iterations
+SHORT_RUN = {"max_epochs": 1, "log_interval": 100, "evaluation_inputs": [], "save_steps": 10**6, "dtype": "fp32"}
+SHORT_RUN |= {"data_path": [{"path": "identity", "max_samples": 24}], "pack_to_max_length": False, "batch_size": 8}
+
+
 def test_quiet_terminal_full_log_file_and_tensorboard_beside_scalars_json(tmp_path, capfd):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    options = {"max_epochs": 1, "log_interval": 100, "evaluation_inputs": [], "save_steps": 10**6}
-    options |= {"max_length": 128, "pack_to_max_length": True, "batch_size": 8, "dtype": "fp32"}
-    assert train("tiny_llama_lora_identity_e3", tmp_path, options) == 0
+    assert train("tiny_llama_lora_identity_e3", tmp_path, SHORT_RUN) == 0
     terminal = capfd.readouterr()
     shown = terminal.out + terminal.err
     (log_file,) = tmp_path.rglob("*.log")
@@ -39,6 +42,17 @@ def test_quiet_terminal_full_log_file_and_tensorboard_beside_scalars_json(tmp_pa
     accumulator.Reload()
     logged = [event.value for event in accumulator.Scalars("loss")]
     assert logged == pytest.approx(losses, rel=1e-5) and len(losses) == 2
+
+
+def test_progress_bar_replaces_the_iteration_lines(tmp_path, capfd):
+    options = {**SHORT_RUN, "default_hooks.logger.progress_bar": True}
+    assert train("tiny_llama_lora_identity_e3", tmp_path, options) == 0
+    terminal = capfd.readouterr()
+    shown = terminal.out + terminal.err
+    assert "Iter(train) [" not in shown
+    assert "train: 100%" in shown and "3/3" in shown and "loss=" in shown and "lr=" in shown
+    (log_file,) = tmp_path.rglob("*.log")
+    assert log_file.read_text().count("Iter(train) [") == 2  # the lines still go to the log file
 
 
 def test_report_to_picks_backends():
