@@ -27,6 +27,8 @@ custom_hooks = [
     dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}',
          inputs_for='${evaluation_inputs_for}', data_path='${data_path}'),
     dict(type='SaveHFHook', enabled='${save_hf_at_end}'),
+    dict(type='ValidationHook', val_data_path='${val_data_path}', val_size='${val_size}', eval_steps='${eval_steps}',
+         save_best='${save_best}', batch_size='${batch_size}'),
 ]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))

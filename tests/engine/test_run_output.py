@@ -11,7 +11,6 @@ from xtune.engine.visualizer import TrackerVisualizer, tracker_backends
 from xtune.errors import ConfigError
 from xtune.testing.training import train
 
-
 # 24 identity rows, 8 a batch, unpacked: 3 iterations
 SHORT_RUN = {"max_epochs": 1, "log_interval": 100, "evaluation_inputs": [], "save_steps": 10**6, "dtype": "fp32"}
 SHORT_RUN |= {"data_path": [{"path": "identity", "max_samples": 24}], "pack_to_max_length": False, "batch_size": 8}

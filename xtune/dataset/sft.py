@@ -54,7 +54,9 @@ class SFTDataset(Dataset):
         skip_bad_rows: Skip malformed rows (counted and reported) instead of failing.
         concat_texts: Pretraining text: join documents with EOS and cut the stream into ``max_length``
             blocks (no token lost); ``False``: each document is a sample, cut at ``max_length``.
-        seed: Seeds the mixture's row draws (``weight`` below 1, ``num_samples``).
+        seed: Seeds the mixture's row draws (``weight`` below 1, ``num_samples``) and the held-out split.
+        val_size: Share of the samples (or pretraining blocks) held out for validation, 0 <= val_size < 1.
+        part: ``"train"`` (the samples not held out) or ``"val"`` (the held-out ones).
         num_proc: Tokenizer worker processes.
         cache: Keep the processed data on disk, keyed by everything that decides it.
         cache_dir: Where; default ``$XTUNE_CACHE/datasets`` or ``~/.cache/xtune/datasets``.
@@ -80,6 +82,8 @@ class SFTDataset(Dataset):
         skip_bad_rows: bool = False,
         concat_texts: bool = True,
         seed: int = 0,
+        val_size: float = 0.0,
+        part: str = "train",
         num_proc: int = 1,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -87,6 +91,10 @@ class SFTDataset(Dataset):
     ) -> None:
         if truncation not in TRUNCATIONS:
             raise ConfigError(f"truncation must be one of {TRUNCATIONS}, got '{truncation}'.")
+        if part not in ("train", "val"):
+            raise ConfigError(f"part must be 'train' or 'val', got {part!r}.")
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not 0 <= val_size < 1:
+            raise ConfigError(f"val_size must be a fraction in [0, 1), got {val_size!r}.")
         if not isinstance(max_length, int) or max_length < 2:
             raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}.")
         self.specs: list[DatasetSpec] = resolve_mixture(data_path, data_format, columns, tags, dataset_info)
@@ -128,10 +136,10 @@ class SFTDataset(Dataset):
         if cache_root is not None:
             print_log(f"processed data: {', '.join(str(cache_root / key) for key in self._keys)}", logger="current")
         self._used = []  # per dataset: indices of its processed rows that train
-        for index, (spec, part) in enumerate(zip(self.specs, self.parts)):
-            usable = np.flatnonzero(np.asarray(part["length"], dtype=np.int64))
+        for index, (spec, processed) in enumerate(zip(self.specs, self.parts)):
+            usable = np.flatnonzero(np.asarray(processed["length"], dtype=np.int64))
             self._used.append(select_rows(spec, usable, seed + 1000 * index))
-        offsets = np.cumsum([0] + [len(part) for part in self.parts])
+        offsets = np.cumsum([0] + [len(processed) for processed in self.parts])
         documents = np.concatenate([used + offset for used, offset in zip(self._used, offsets)])
         self.data = datasets.concatenate_datasets(self.parts) if len(self.parts) > 1 else self.parts[0]
         if self.concat:
@@ -139,7 +147,7 @@ class SFTDataset(Dataset):
             documents = np.arange(len(self.data))
         lengths = np.asarray(self.data["length"], dtype=np.int64)
         # Dropped rows stay in self.data (with their reason) for statistics; training skips them.
-        self.valid = documents.astype(np.int64)
+        self.valid = _split(documents.astype(np.int64), val_size, part, seed)
         self.rows = None
         if self.pack:
             packed = pack_indices(lengths[self.valid], max_length)
@@ -195,7 +203,7 @@ class SFTDataset(Dataset):
             stats["documents"] = sum(p["used"] for p in per)
             stats["blocks"] = stats["samples"]
             stats["tokens_kept"] = stats["tokens"]
-            stats["trained_tokens"] = int(sum(max(0, n - 1) for n in lengths))
+            stats["trained_tokens"] = int(sum(max(0, int(n) - 1) for n in lengths[self.valid]))
         else:
             trained = np.asarray(self.data["trained"], dtype=np.int64)
             stats["trained_tokens"] = int(trained[self.valid].sum())
@@ -222,6 +230,18 @@ class SFTDataset(Dataset):
         if len(per) > 1:
             stats["datasets"] = {spec.name: part for spec, part in zip(self.specs, per)}
         return stats
+
+
+def _split(items: np.ndarray, val_size: float, part: str, seed: int) -> np.ndarray:
+    """The train or the held-out part of ``items``: a seeded ``val_size`` share, in order."""
+    if not val_size:
+        return items if part == "train" else items[:0]
+    held = np.zeros(len(items), dtype=bool)
+    count = max(1, round(len(items) * val_size))
+    if count >= len(items):
+        raise ConfigError(f"val_size={val_size} holds out all {len(items)} samples. Use a smaller val_size.")
+    held[np.random.default_rng(seed + 7).permutation(len(items))[:count]] = True
+    return items[held] if part == "val" else items[~held]
 
 
 def _reason(note: str) -> str:

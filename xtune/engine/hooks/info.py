@@ -79,6 +79,9 @@ class LossCurveHook(Hook):
             for i in range(len(self.losses))
         ]
         axis.plot(self.steps, smooth, label=f"moving mean ({window})")
+        validation = next((h for h in runner.hooks if type(h).__name__ == "ValidationHook" and h.history["iter"]), None)
+        if validation is not None:
+            axis.plot(validation.history["iter"], validation.history["loss"], "o-", label="validation loss")
         axis.set_xlabel("iteration")
         axis.set_ylabel("loss")
         axis.legend()
