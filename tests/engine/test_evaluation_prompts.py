@@ -15,11 +15,9 @@ def test_prompts_of_a_dataset_config_are_skipped_on_other_data():
     assert EvaluateChatHook(**{k: v for k, v in identity.items() if k != "type"}).inputs == ["Who are you?", "你是谁？"]
     switched = _hook_cfg(load_config("tiny_llama_lora_identity_e3", {"data_path": "alpaca_demo"}))
     assert EvaluateChatHook(**{k: v for k, v in switched.items() if k != "type"}).inputs == []
+    # prompts given on the command line are the user's own: asked whatever the data
     own = _hook_cfg(
-        load_config(
-            "tiny_llama_lora_identity_e3",
-            {"data_path": "alpaca_demo", "evaluation_inputs": ["Hi?"], "evaluation_inputs_for": None},
-        )
+        load_config("tiny_llama_lora_identity_e3", {"data_path": "alpaca_demo", "evaluation_inputs": ["Hi?"]})
     )
     assert EvaluateChatHook(**{k: v for k, v in own.items() if k != "type"}).inputs == ["Hi?"]
 

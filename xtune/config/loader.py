@@ -113,6 +113,9 @@ def load_config(name_or_path: str | Path, cfg_options: dict[str, Any] | None = N
     except (SyntaxError, NameError, KeyError, ValueError, TypeError, OSError, ImportError) as exc:
         raise ConfigError(f"cannot read config {path}: {type(exc).__name__}: {exc}") from None
     options = dict(cfg_options or {})
+    if "evaluation_inputs" in options and "evaluation_inputs_for" in cfg and "evaluation_inputs_for" not in options:
+        # Prompts given on the command line are the user's own: asked whatever the data.
+        options["evaluation_inputs_for"] = None
     _check_option_keys(cfg, options)
     if options:
         cfg.merge_from_dict(options, allow_list_keys=True)
