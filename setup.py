@@ -17,6 +17,7 @@ setup(
         "safetensors",
         "accelerate",
         "matplotlib",
+        "tensorboard",  # the default experiment tracker (report_to); others are optional
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],

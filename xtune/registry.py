@@ -16,6 +16,8 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
+from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
 # Causal-LM wrappers that apply a finetuning type (full, freeze, lora, qlora, dora).
@@ -46,3 +48,7 @@ PARAM_SCHEDULERS = Registry(
 )
 # Training objectives, one per stage (sft, pt, dpo, orpo, simpo, kto, rm): batch contract, loss, metrics.
 OBJECTIVES = Registry("objective", scope="xtune", locations=["xtune.stages"])
+# The visualizer whose backends (TensorBoard, W&B, MLflow, SwanLab) follow the report_to knob; having these
+# registries in the xtune scope also stops mmengine warning that it found none there.
+VISUALIZERS = Registry("visualizer", parent=MMENGINE_VISUALIZERS, scope="xtune", locations=["xtune.engine"])
+VISBACKENDS = Registry("vis_backend", parent=MMENGINE_VISBACKENDS, scope="xtune", locations=["xtune.engine"])

@@ -4,3 +4,4 @@ _base_ = ['./qwen2_5_7b_instruct_qlora_alpaca_e3.py']
 
 data_path = 'alpaca_zh'
 evaluation_inputs = ['请给出三条保持健康的建议。']
+evaluation_inputs_for = 'alpaca_zh'

@@ -169,3 +169,12 @@ def test_multi_token_stop_words_end_the_answer(chat_models, capsys):
     args = [chat_models.merged, "--template", "default", "--prompt", "Who are you?", "--temperature", "0"]
     status, out, _ = _chat(capsys, *args, "--max-new-tokens", "24", "--stop-words", "e")
     assert status == 0 and "e" not in out and "User:" not in out
+
+
+def test_a_shipped_model_answers_by_its_short_name(capsys):
+    from xtune.paths import MODEL_DIR
+
+    args = ["--prompt", "Hello", "--temperature", "0", "--max-new-tokens", "4"]
+    status, by_name, _ = _chat(capsys, "tiny_llama", *args)
+    assert status == 0 and by_name.strip()
+    assert _chat(capsys, MODEL_DIR / "tiny_llama", *args)[1] == by_name

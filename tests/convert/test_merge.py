@@ -84,3 +84,12 @@ def test_adapter_for_a_model_without_its_target_modules(lora_adapter, tmp_path, 
 def test_cuda_asked_for_without_a_gpu(lora_run, lora_adapter, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _fails_cleanly(lora_run.base, lora_adapter, tmp_path, capsys, "--device cpu", extra=["--device", "cuda"])
+
+
+def test_base_model_by_its_short_name(lora_run, lora_adapter, tmp_path, capsys, monkeypatch):
+    # The shipped tiny_llama is named like the configs name it; the adapter's shapes decide the rest.
+    import xtune.config.loader as loader
+
+    monkeypatch.setattr(loader, "MODEL_DIR", lora_run.base.parent)
+    assert _merge(lora_run.base.name, lora_adapter, tmp_path / "merged") == 0
+    assert (tmp_path / "merged" / "config.json").is_file()

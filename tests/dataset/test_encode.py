@@ -174,3 +174,31 @@ def test_token_ranges_agree_for_fast_encodings_and_slow_tokenizer_offsets(tokeni
     ranges = _token_ranges(encoding, spans)
     assert len(ranges) == 3
     assert _token_ranges(list(encoding.offsets), spans) == ranges
+
+
+THINKING = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "<think>\nAdd.\n</think>\n\n4"},
+]
+
+
+@pytest.mark.parametrize("name,end", [("qwen3", "<|im_end|>"), ("deepseek", "<｜end▁of▁sentence｜>")])
+@pytest.mark.parametrize("keep_history", [False, True])
+def test_reasoning_of_the_trained_reply_is_kept_and_trained(tokenizer, name, end, keep_history):
+    from xtune.dataset.templates import get_template
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = get_template(name).jinja
+    tok.add_special_tokens({"bos_token": "<s>"}) if tok.bos_token is None else None
+    options = EncodeOptions(keep_history_reasoning=keep_history)
+    (result,) = encode_conversations(tok, [{"messages": THINKING}], options)
+    kwargs = {"keep_history_reasoning": True} if keep_history else {}
+    expected = tok.apply_chat_template(THINKING, tokenize=True, return_dict=False, **kwargs)
+    assert result["input_ids"] == list(expected)
+    first, last = [run.strip() for run in _trained_text(tok, result)]
+    # the trained reply: its reasoning, the closing tag, the answer and the end of turn
+    assert last.startswith("Add.") or last.startswith("<think>\nAdd.")
+    assert last.endswith("</think>\n\n4" + end)
+    assert ("Greet back." in first) == keep_history and first.endswith("Hello!" + end)

@@ -351,14 +351,24 @@ def test_two_assistants_in_a_row():
 
 def test_tool_result_without_tool_call():
     raw = row(conversations=[human("q"), observation("21"), gpt("a")])
-    expect_error(raw, "sharegpt", "turn 2 is a tool result without a preceding tool call")
+    expect_error(raw, "sharegpt", "turn 2 is a tool result right after a user turn")
     too_many = row(conversations=[human("q"), call("get_time"), observation("1"), observation("2"), gpt("a")])
     expect_error(too_many, "sharegpt", "turn 4 is one tool result more than the tool calls made")
 
 
-def test_tool_call_followed_by_user():
-    raw = row(conversations=[human("q"), call("get_time"), human("again?"), gpt("a")])
-    expect_error(raw, "sharegpt", "turn 3 is a user turn right after a tool call")
+def test_role_orders_llama_factory_tolerates_are_accepted_with_its_meaning():
+    # LLaMA-Factory checks only that user/observation and assistant/function turns alternate.
+    # glaive_toolcall_zh_demo rows 198 and 294: an observation right after a gpt reply.
+    after_reply = convert_row(row(conversations=[human("q"), gpt("a"), observation("21"), gpt("b")]), spec("sharegpt"))
+    assert [m["role"] for m in after_reply["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert after_reply["messages"][2] == {"role": "tool", "content": "21"}
+    user_after_call = convert_row(
+        row(conversations=[human("q"), call("get_time"), human("again?"), gpt("a")]), spec("sharegpt")
+    )
+    assert [m["role"] for m in user_after_call["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert user_after_call["messages"][1]["tool_calls"][0]["function"]["name"] == "get_time"
+    first = convert_row(row(conversations=[observation("ctx"), gpt("a")]), spec("sharegpt"))
+    assert [m["role"] for m in first["messages"]] == ["tool", "assistant"]
 
 
 def test_conversation_must_end_with_assistant():

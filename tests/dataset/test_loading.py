@@ -285,19 +285,31 @@ def test_registry_with_bad_json_names_file_and_line(tmp_path):
     [
         ({"file_name": "a.json", "fromatting": "alpaca"}, "unknown key(s) ['fromatting']"),
         ({"file_name": "a.json", "formatting": "chatml"}, "unknown data format 'chatml'"),
-        ({"file_name": "a.json", "hf_hub_url": "a/b"}, "exactly one of 'file_name'"),
-        ({"formatting": "alpaca"}, "exactly one of 'file_name'"),
+        ({"formatting": "alpaca"}, "no source: give 'file_name'"),
         ({"file_name": "a.json", "columns": {"question": "q"}}, "unknown key(s) ['question']"),
         ({"file_name": "a.json", "tags": {"user": "me"}}, "unknown key(s) ['user']"),
+        ({"file_name": "a.json", "num_samples": 0}, "'num_samples' must be a positive integer"),
+        ({"file_name": "a.json", "ranking": "yes"}, "'ranking' must be true or false"),
         ("a.json", "expected an object"),
     ],
 )
-def test_registry_entry_errors_name_the_entry(tmp_path, entry, fragment):
+def test_registry_entry_errors_name_the_entry_only_when_it_is_used(tmp_path, entry, fragment):
     registry = write_json(tmp_path / "reg.json", {"good": {"file_name": "x.json"}, "broken": entry})
+    assert set(load_dataset_info(str(registry))) == {"good", "broken"}
+    assert resolve_dataset("good", dataset_info=str(registry)).path == str(tmp_path / "x.json")
     with pytest.raises(ConfigError) as info:
-        load_dataset_info(str(registry))
+        resolve_dataset("broken", dataset_info=str(registry))
     assert f"{registry}, entry 'broken'" in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_every_problem_of_an_entry_is_named_in_one_error(tmp_path):
+    entry = {"file_name": 3, "formatting": "chatml", "kto": True, "columns": {"question": "q"}}
+    registry = write_json(tmp_path / "reg.json", {"broken": entry})
+    with pytest.raises(ConfigError) as info:
+        resolve_dataset("broken", dataset_info=str(registry))
+    for fragment in ("unknown key(s) ['kto']", "'file_name' must be a string", "'chatml'", "['question']"):
+        assert fragment in str(info.value)
 
 
 def test_missing_user_registry(tmp_path):

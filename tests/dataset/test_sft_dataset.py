@@ -99,3 +99,43 @@ def test_length_grouped_sampler_groups_lengths_and_covers_every_sample():
     assert spread < 10  # random batches of these lengths spread ~60 tokens
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+def test_placeholders_left_without_values_are_an_error_not_trained_literally():
+    with pytest.raises(ConfigError) as info:
+        SFTDataset("identity", TOKENIZER, cache=False)
+    assert "identity.json, row 1: the text holds the placeholder {{name}}" in str(info.value)
+    assert "name = '...'" in str(info.value)
+    with pytest.raises(ConfigError, match=r"\{\{author\}\}"):
+        SFTDataset("identity", TOKENIZER, cache=False, placeholders={"name": "Bot", "author": None})
+    dataset = SFTDataset("identity", TOKENIZER, cache=False, placeholders={"name": "Bot", "author": "Team"})
+    assert "Bot" in dataset.tokenizer.decode(dataset[0]["input_ids"])
+
+
+def test_name_and_author_are_knobs_of_every_config():
+    from xtune.config import load_config
+
+    cfg = load_config("qwen3_8b_lora_alpaca_e3", {"name": "Ada", "author": "Lab"})
+    assert cfg.train_dataset["placeholders"] == {"name": "Ada", "author": "Lab"}
+    assert load_config("qwen3_8b_lora_alpaca_e3").train_dataset["placeholders"] == {"name": None, "author": None}
+
+
+def test_skipped_bad_rows_are_reported_how_many_why_and_where(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    good = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    two_users = {"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "q"}]}
+    rows = [good, two_users, good, {"conversations": []}, two_users]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError) as info:
+        SFTDataset(str(data), TOKENIZER, data_format="sharegpt", cache=False)
+    assert "chat.jsonl, line 2:" in str(info.value) and "skip_bad_rows=True" in str(info.value)
+    dataset = SFTDataset(str(data), TOKENIZER, data_format="sharegpt", skip_bad_rows=True, cache=False)
+    stats = dataset.statistics()
+    assert stats["samples"] == 2
+    bad = stats["skipped_bad_rows"]
+    assert bad["count"] == 3
+    assert bad["first"] == [f"{data}, line 2", f"{data}, line 4", f"{data}, line 5"]
+    assert bad["reasons"] == {
+        "turn 2 is a second user turn in a row": 2,
+        "empty conversation in column 'conversations'": 1,
+    }

@@ -176,12 +176,25 @@ def test_qwen3_enable_thinking_false_prefills_an_empty_think_block():
     assert prompt.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
-def test_deepseek_drops_reasoning_from_assistant_turns():
+def test_deepseek_keeps_reasoning_only_in_the_reply_after_the_last_query():
     expected = (
         "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>\n\nHello!<｜end▁of▁sentence｜>"
-        "<｜User｜>What is 2+2?<｜Assistant｜>\n\n4<｜end▁of▁sentence｜>"
+        "<｜User｜>What is 2+2?<｜Assistant｜><think>\nAdd.\n</think>\n\n4<｜end▁of▁sentence｜>"
     )
     assert render("deepseek", THINKING) == expected
+    # The trained reply continues the generation prompt, as the model writes it after "<think>\n".
+    prompt = render("deepseek", THINKING[:3], add_generation_prompt=True)
+    assert expected.startswith(prompt) and prompt.endswith("<｜Assistant｜><think>\n")
+    # Reasoning traces often omit the opening tag (the generation prompt holds it).
+    bare = THINKING[:3] + [{"role": "assistant", "content": "Add.\n</think>\n\n4"}]
+    assert render("deepseek", bare) == expected
+
+
+def test_keep_history_reasoning_keeps_earlier_turns_reasoning():
+    deepseek = render("deepseek", THINKING, keep_history_reasoning=True)
+    assert "<｜Assistant｜><think>\nGreet back.\n</think>\n\nHello!<｜end▁of▁sentence｜>" in deepseek
+    qwen3 = render("qwen3", THINKING, keep_history_reasoning=True)
+    assert "<|im_start|>assistant\n<think>\nGreet back.\n</think>\n\nHello!<|im_end|>" in qwen3
 
 
 def test_gemma_without_system_matches_official_and_trims():

@@ -90,6 +90,7 @@ def load_model_from_arguments(args: argparse.Namespace):
     """The :class:`xtune.chat.loading.ChatModel` that :func:`add_model_arguments`' options name."""
     from xtune.chat.loading import load_checkpoint_for_chat, load_model_for_chat
     from xtune.config import parse_cfg_options
+    from xtune.config.loader import resolve_model_path
     from xtune.stages.rm import refuse_reward_model
 
     refuse_reward_model(args.model, args.adapter, getattr(args, "config", None))
@@ -103,7 +104,7 @@ def load_model_from_arguments(args: argparse.Namespace):
             dtype=args.dtype,
         )
     return load_model_for_chat(
-        args.model,
+        resolve_model_path(args.model),  # a shipped demo model's short name, as in configs
         adapter=args.adapter,
         template=args.template,
         bits=args.bits,

@@ -38,7 +38,7 @@ def add_parser(sub, name: str, text: str) -> None:
 
 def check_dataset(args: argparse.Namespace) -> int:
     import xtune.dataset  # noqa: F401  (registers the datasets)
-    from xtune.engine.hooks.info import masked_text
+    from xtune.dataset.encode import masked_text
     from xtune.registry import DATASETS
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))

@@ -97,10 +97,11 @@ def pth_to_hf(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
+    from xtune.config.loader import resolve_model_path
     from xtune.convert.merge import merge_adapter
 
     result = merge_adapter(
-        args.base,
+        resolve_model_path(args.base),  # a shipped demo model's short name, as in configs
         args.adapter,
         args.save_dir,
         device=args.device,

@@ -174,14 +174,6 @@ def prepare_config(args: argparse.Namespace):
     cfg.launcher = args.launcher
     if not torch.cuda.is_available():
         cfg.env_cfg["dist_cfg"] = {"backend": "gloo"}
-    try:
-        import tensorboard  # noqa: F401
-
-        backends = cfg.visualizer["vis_backends"]
-        if not any(b.get("type") == "TensorboardVisBackend" for b in backends):  # a resolved copy has it already
-            backends.append({"type": "TensorboardVisBackend"})
-    except ImportError:
-        pass
     if args.resume:
         cfg.resume, cfg.load_from = _resume_target(args.resume, cfg.work_dir)
     if args.deepspeed:

@@ -192,6 +192,9 @@ def load_config(
     path = find_config(name_or_path)
     cfg = _read_config_file(path)
     options = dict(cfg_options or {})
+    if "evaluation_inputs" in options and "evaluation_inputs_for" in cfg and "evaluation_inputs_for" not in options:
+        # Prompts given on the command line are the user's own: asked whatever the data.
+        options["evaluation_inputs_for"] = None
     tree = cfg.to_dict()
     problems = option_key_problems(tree, list(options)) + _unparsed_problems(tree, options)
     if problems:

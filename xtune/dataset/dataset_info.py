@@ -1,21 +1,25 @@
 """Dataset names: the ``dataset_info.json`` registry and :class:`DatasetSpec`.
 
-Find a dataset and read its raw rows.
-
 A dataset is named by ``data_path``, which is one of:
 
 * a name registered in a ``dataset_info.json`` registry (the shipped one is ``data/dataset_info.json``;
-  a user may pass their own). Entries use LLaMA-Factory's keys::
+  a user may pass their own, LLaMA-Factory's ``data/dataset_info.json`` included). Entries use
+  LLaMA-Factory's keys (its ``data/README.md``)::
 
       "my_data": {"file_name": "my_data.jsonl",          # relative to the registry file's folder
                   "formatting": "sharegpt",              # one of FORMATS; default "alpaca"
                   "columns": {"messages": "dialog"},     # schema field -> column in the file
                   "tags": {"user_tag": "user"}}          # sharegpt role/content names
-      "hub_data": {"hf_hub_url": "owner/name", "split": "train"}
+      "hub_data": {"hf_hub_url": "owner/name", "subset": "en", "split": "train", "num_samples": 1000}
 
-  ``"ranking": true`` (LLaMA-Factory's flag for preference data) means ``"formatting": "preference"``;
 * an existing local file (.json, .jsonl, .parquet, .csv, .txt) or a folder of such files;
 * otherwise a Hugging Face Hub dataset name, read with ``datasets.load_dataset``.
+
+A registry is read whole but checked one entry at a time, when the entry is used: a malformed entry
+that is not asked for does not block the others. Every key LLaMA-Factory defines is accepted; the ones
+xtune cannot honour for the chosen entry (a ModelScope-only source, a loading script, a cloud file) are
+named together in one error. Columns that only another stage can use (images, chosen/rejected,
+kto_tag) are carried in :class:`DatasetSpec` and refused by :func:`check_stage` for the wrong stage.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ COLUMN_FIELDS = (
     "text",
     "chosen",
     "rejected",
+    "images",
+    "videos",
+    "audios",
     "kto_tag",
 )
 # LLaMA-Factory's names for the same fields, so its dataset_info entries can be copied unchanged.
@@ -62,8 +69,38 @@ DEFAULT_TAGS = {
 }
 TAG_KEYS = tuple(DEFAULT_TAGS)
 DATA_EXTENSIONS = (".json", ".jsonl", ".parquet", ".csv", ".txt")
-ENTRY_KEYS = ("file_name", "hf_hub_url", "formatting", "ranking", "columns", "tags", "split", "description")
-# One encoder for all values: json.dumps(..., ensure_ascii=False) would build a new one per call.
+# Where an entry's rows come from, in LLaMA-Factory's order of preference (the first one present wins).
+SOURCE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name", "file_name")
+ENTRY_KEYS = (
+    *SOURCE_KEYS,
+    "file_sha1",  # LLaMA-Factory: "does not affect training"; accepted and not checked
+    "formatting",
+    "ranking",
+    "subset",
+    "split",
+    "folder",
+    "num_samples",
+    "columns",
+    "tags",
+    "description",  # xtune's own
+)
+# Sources xtune cannot read, and what to do instead.
+_UNSUPPORTED_SOURCES = {
+    "ms_hub_url": "ModelScope Hub datasets are not read by xtune (only the Hugging Face Hub is)",
+    "om_hub_url": "Modelers (openmind) Hub datasets are not read by xtune (only the Hugging Face Hub is)",
+    "script_url": "dataset loading scripts are not run by xtune (the datasets library dropped them)",
+    "cloud_file_name": "s3/gcs cloud files are not read by xtune",
+}
+# Columns only another stage can use: training SFT/PT on such data would silently drop them.
+STAGE_COLUMNS = {
+    "images": "a multimodal (vision) stage, which xtune does not have yet",
+    "videos": "a multimodal (video) stage, which xtune does not have yet",
+    "audios": "a multimodal (audio) stage, which xtune does not have yet",
+    "kto_tag": "the kto stage (the label says whether each reply is desirable)",
+    "chosen": "the preference stages (dpo, orpo, simpo, rm)",
+    "rejected": "the preference stages (dpo, orpo, simpo, rm)",
+}
+MEDIA_COLUMNS = ("images", "videos", "audios")
 
 
 @dataclass
@@ -83,10 +120,25 @@ class DatasetSpec:
     split: str = "train"
     """The split to read from a Hub dataset (local files have no splits)."""
     from_hub: bool = False
+    subset: str | None = None
+    """A Hub dataset's configuration name (LLaMA-Factory's ``subset``)."""
+    folder: str | None = None
+    """A folder inside a Hub dataset's repository (LLaMA-Factory's ``folder``)."""
+    num_samples: int | None = None
+    """Rows to draw (seeded; repeats rows when larger than the dataset), LLaMA-Factory's ``num_samples``."""
+    max_samples: int | None = None
+    """Use only the first rows of the dataset (a mixture item's ``max_samples``)."""
+    weight: float = 1.0
+    """Sampling weight in a mixture: how many times each row is used per epoch (0.5: a seeded half)."""
+
+    @property
+    def ranking(self) -> bool:
+        """Preference data (LLaMA-Factory's ``"ranking": true``)."""
+        return self.data_format == "preference"
 
 
-def load_dataset_info(path: str | None = None) -> dict[str, dict[str, Any]]:
-    """Read and check a dataset registry.
+def load_dataset_info(path: str | None = None) -> dict[str, Any]:
+    """Read a dataset registry. Entries are checked when one is used (:func:`resolve_dataset`).
 
     Args:
         path: A registry JSON file; ``None`` reads the shipped ``data/dataset_info.json`` (an empty
@@ -96,7 +148,7 @@ def load_dataset_info(path: str | None = None) -> dict[str, dict[str, Any]]:
         Registry name -> entry, as written in the file.
 
     Raises:
-        ConfigError: The file is missing, is not valid JSON, or an entry is malformed.
+        ConfigError: The file is missing, is not valid JSON, or is not an object of name -> entry.
     """
     file = Path(path).expanduser() if path is not None else paths.DATASET_INFO
     if not file.is_file():
@@ -111,29 +163,39 @@ def load_dataset_info(path: str | None = None) -> dict[str, dict[str, Any]]:
         ) from None
     if not isinstance(info, dict):
         raise ConfigError(f"{file}: expected a JSON object of name -> entry, got {type(info).__name__}.")
-    for name, entry in info.items():
-        _check_entry(file, name, entry)
     return info
 
 
-def _check_entry(file: Path, name: str, entry: Any) -> None:
-    where = f"{file}, entry '{name}'"
+def _entry_problems(entry: Any) -> list[str]:
+    """Everything malformed about one registry entry (not yet whether xtune can use it)."""
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected an object with 'file_name' or 'hf_hub_url', got {entry!r}.")
+        return [f"expected an object with 'file_name' or 'hf_hub_url', got {entry!r}"]
+    problems = []
     unknown = sorted(set(entry) - set(ENTRY_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}. Valid keys: {', '.join(ENTRY_KEYS)}.")
-    if ("file_name" in entry) == ("hf_hub_url" in entry):
-        raise ConfigError(f"{where}: give exactly one of 'file_name' (a local file) or 'hf_hub_url' (a Hub name).")
-    for key in ("file_name", "hf_hub_url", "split", "description"):
+        problems.append(f"unknown key(s) {unknown} (valid keys: {', '.join(ENTRY_KEYS)})")
+    if not any(key in entry for key in SOURCE_KEYS):
+        problems.append("no source: give 'file_name' (a local file or folder) or 'hf_hub_url' (a Hub name)")
+    for key in (*SOURCE_KEYS, "file_sha1", "subset", "split", "folder", "description"):
         if key in entry and not isinstance(entry[key], str):
-            raise ConfigError(f"{where}: '{key}' must be a string, got {entry[key]!r}.")
+            problems.append(f"'{key}' must be a string, got {entry[key]!r}")
     if "ranking" in entry and not isinstance(entry["ranking"], bool):
-        raise ConfigError(f"{where}: 'ranking' must be true or false, got {entry['ranking']!r}.")
-    if "formatting" in entry:
-        _check_format(entry["formatting"], f"{where}, key 'formatting'")
-    _normalise_columns(entry.get("columns"), f"{where}, key 'columns'")
-    _normalise_tags(entry.get("tags"), f"{where}, key 'tags'")
+        problems.append(f"'ranking' must be true or false, got {entry['ranking']!r}")
+    num = entry.get("num_samples")
+    if num is not None and (isinstance(num, bool) or not isinstance(num, int) or num < 1):
+        problems.append(f"'num_samples' must be a positive integer, got {num!r}")
+    for key, check in (("formatting", _check_format), ("columns", _normalise_columns), ("tags", _normalise_tags)):
+        if key in entry:
+            try:
+                check(entry[key], f"'{key}'")
+            except ConfigError as err:
+                problems.append(str(err).rstrip("."))
+    return problems
+
+
+def _source(entry: dict[str, Any]) -> str:
+    """The key that says where the rows come from (LLaMA-Factory: Hugging Face before ModelScope...)."""
+    return next(key for key in SOURCE_KEYS if key in entry)
 
 
 def _check_format(data_format: Any, where: str) -> str:
@@ -172,6 +234,40 @@ def _looks_like_path(value: str) -> bool:
     )
 
 
+def _from_registry(name: str, entry: Any, registry: Path) -> DatasetSpec:
+    """A registry entry as a spec, or one ConfigError naming everything wrong or unusable in it."""
+    where = f"{registry}, entry '{name}'"
+    problems = _entry_problems(entry)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems) + ". Fix the entry.")
+    source = _source(entry)
+    unusable = []
+    if source in _UNSUPPORTED_SOURCES:
+        unusable.append(f"'{source}': {_UNSUPPORTED_SOURCES[source]}")
+    from_hub = source == "hf_hub_url"
+    split = entry.get("split", "train")
+    if not from_hub and split != "train":
+        unusable.append(f"'split': {split!r} (a local file has only the 'train' split)")
+    if unusable:
+        raise ConfigError(
+            f"{where}: xtune cannot use " + "; ".join(unusable) + ". Download the data and register it with "
+            "'file_name' (a local .json/.jsonl/.parquet/.csv/.txt file or folder), or give 'hf_hub_url'."
+        )
+    return DatasetSpec(
+        name=name,
+        path=entry[source] if from_hub else str(registry.parent / entry["file_name"]),
+        data_format="preference" if entry.get("ranking") else entry.get("formatting", "alpaca"),
+        columns=_normalise_columns(entry.get("columns"), ""),
+        tags=dict(entry.get("tags") or {}),
+        split=split,
+        from_hub=from_hub,
+        # LLaMA-Factory passes subset/folder to the Hub loader only; local files have neither.
+        subset=entry.get("subset") if from_hub else None,
+        folder=entry.get("folder") if from_hub else None,
+        num_samples=entry.get("num_samples"),
+    )
+
+
 def resolve_dataset(
     data_path: str,
     data_format: str | None = None,
@@ -190,7 +286,7 @@ def resolve_dataset(
         dataset_info: A user's own registry file instead of the shipped one.
 
     Raises:
-        ConfigError: Unknown format, bad columns or tags, or a bad registry.
+        ConfigError: Unknown format, bad columns or tags, a bad or unusable registry entry.
         DataError: ``data_path`` looks like a local path but does not exist.
     """
     if data_format is not None:
@@ -199,32 +295,58 @@ def resolve_dataset(
     tags = _normalise_tags(tags, "tags")
     info = load_dataset_info(dataset_info)
     if data_path in info:
-        entry = info[data_path]
-        registry_dir = (Path(dataset_info).expanduser() if dataset_info else paths.DATASET_INFO).parent
-        from_hub = "hf_hub_url" in entry
-        path = entry["hf_hub_url"] if from_hub else str(registry_dir / entry["file_name"])
-        registered = "preference" if entry.get("ranking") else entry.get("formatting", "alpaca")
-        return DatasetSpec(
-            name=data_path,
-            path=path,
-            data_format=data_format or registered,
-            columns={**_normalise_columns(entry.get("columns"), ""), **columns},
-            tags={**entry.get("tags", {}), **tags},
-            split=entry.get("split", "train"),
-            from_hub=from_hub,
-        )
-    local = Path(data_path).expanduser()
-    if local.exists():
-        if data_format is None:
-            files = list_data_files(local, data_path)
-            data_format = "text" if files[0].suffix.lower() == ".txt" else "alpaca"
-        return DatasetSpec(data_path, str(local), data_format, columns, tags)
-    if _looks_like_path(data_path):
-        raise DataError(
-            f"dataset {data_path!r} not found: no such file or folder, and it is not a name in the dataset "
-            f"registry. Check the path, or register it in {dataset_info or paths.DATASET_INFO}."
-        )
-    return DatasetSpec(data_path, data_path, data_format or "alpaca", columns, tags, from_hub=True)
+        registry = Path(dataset_info).expanduser() if dataset_info else paths.DATASET_INFO
+        spec = _from_registry(data_path, info[data_path], registry)
+        spec.data_format = data_format or spec.data_format
+        spec.columns = {**spec.columns, **columns}
+        spec.tags = {**spec.tags, **tags}
+    else:
+        local = Path(data_path).expanduser()
+        if local.exists():
+            if data_format is None:
+                files = list_data_files(local, data_path)
+                data_format = "text" if files[0].suffix.lower() == ".txt" else "alpaca"
+            spec = DatasetSpec(data_path, str(local), data_format, columns, tags)
+        elif _looks_like_path(data_path):
+            raise DataError(
+                f"dataset {data_path!r} not found: no such file or folder, and it is not a name in the dataset "
+                f"registry. Check the path, or register it in {dataset_info or paths.DATASET_INFO}."
+            )
+        else:
+            spec = DatasetSpec(data_path, data_path, data_format or "alpaca", columns, tags, from_hub=True)
+    if spec.data_format == "text" and "text" not in spec.columns and "instruction" in spec.columns:
+        # LLaMA-Factory's pretraining entries name the text column as the "prompt" column.
+        spec.columns["text"] = spec.columns.pop("instruction")
+    return spec
+
+
+def check_stage(spec: DatasetSpec, stage: str, uses: tuple[str, ...] = ()) -> None:
+    """Refuse data whose columns the stage would silently drop (images for SFT, kto_tag for DPO...).
+
+    Args:
+        spec: The dataset.
+        stage: The stage's name for the message (``"sft"``, ``"pt"``, ``"dpo"``...).
+        uses: The :data:`STAGE_COLUMNS` fields the stage does use (``("chosen", "rejected")`` for dpo).
+
+    Raises:
+        ConfigError: Naming every column the stage cannot use and the stage that can.
+    """
+    refused = [key for key in STAGE_COLUMNS if key in spec.columns and key not in uses]
+    if spec.ranking and "chosen" not in uses and "chosen" not in refused:
+        refused.insert(0, "ranking")
+    if not refused:
+        return
+    why = "; ".join(
+        f"'{key}' is used by {STAGE_COLUMNS.get(key, STAGE_COLUMNS['chosen'])}"
+        if key != "ranking"
+        else "'ranking': true marks preference (chosen/rejected) data, used by the preference stages "
+        "(dpo, orpo, simpo, rm)"
+        for key in refused
+    )
+    raise ConfigError(
+        f"dataset '{spec.name}' cannot train the {stage} stage: {why}. Training {stage} on it would drop "
+        f"that data silently. Train it with the stage that uses it, or pick a dataset without it."
+    )
 
 
 def list_data_files(path: Path, name: str) -> list[Path]:

@@ -30,6 +30,9 @@ class EncodeOptions:
         train_on_prompt: Train on every token, prompts included.
         mask_history: Train only on the last assistant turn.
         add_eos: For text (pretraining) samples, end each document with EOS.
+        keep_history_reasoning: Passed to the chat template: the ``qwen3`` and ``deepseek`` templates then
+            keep ``<think>`` reasoning in every assistant turn, not only in those after the last user
+            query (which always keep it, and are trained with it).
     """
 
     max_length: int = 2048
@@ -37,12 +40,23 @@ class EncodeOptions:
     train_on_prompt: bool = False
     mask_history: bool = False
     add_eos: bool = True
+    keep_history_reasoning: bool = False
 
 
-def _render(tokenizer, messages: list[dict], tools, add_generation_prompt: bool = False) -> str:
+def _render(
+    tokenizer, messages: list[dict], tools, add_generation_prompt: bool = False, template_kwargs: dict | None = None
+) -> str:
     return tokenizer.apply_chat_template(
-        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages,
+        tools=tools or None,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        **(template_kwargs or {}),
     )
+
+
+def _template_kwargs(options: EncodeOptions) -> dict:
+    return {"keep_history_reasoning": True} if options.keep_history_reasoning else {}
 
 
 def _end_of_turn_suffix(tokenizer) -> str:
@@ -53,7 +67,7 @@ def _end_of_turn_suffix(tokenizer) -> str:
 
 
 def assistant_spans(
-    tokenizer, messages: list[dict], tools=None, suffix: str | None = None
+    tokenizer, messages: list[dict], tools=None, suffix: str | None = None, template_kwargs: dict | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and find the character span of every assistant turn.
 
@@ -62,6 +76,7 @@ def assistant_spans(
         messages: The conversation.
         tools: Tool definitions for the template.
         suffix: The template's end-of-turn text (:func:`_end_of_turn_suffix`), when already known.
+        template_kwargs: Extra variables for the chat template (``keep_history_reasoning``).
 
     Returns:
         The rendered text and one ``(start, end)`` span per assistant message, in order.
@@ -69,7 +84,7 @@ def assistant_spans(
     Raises:
         DataError: The template renders an assistant turn in a way whose span cannot be found.
     """
-    full = _render(tokenizer, messages, tools)
+    full = _render(tokenizer, messages, tools, template_kwargs=template_kwargs)
     suffix = _end_of_turn_suffix(tokenizer) if suffix is None else suffix
     spans: list[tuple[int, int]] = []
     cursor = 0
@@ -77,8 +92,8 @@ def assistant_spans(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:i], tools, add_generation_prompt=True)
-        upto = full if i == last else _render(tokenizer, messages[: i + 1], tools)
+        prefix = _render(tokenizer, messages[:i], tools, True, template_kwargs)
+        upto = full if i == last else _render(tokenizer, messages[: i + 1], tools, False, template_kwargs)
         # Where the conversation up to this turn stops agreeing with the whole conversation is the end of
         # the turn: templates may close a conversation differently (e.g. phi3 adds eos at the very end).
         agreed = upto[: len(os.path.commonprefix([upto, full]))]
@@ -98,10 +113,16 @@ def assistant_spans(
             # The template rewrites earlier turns (e.g. drops reasoning from history): find the content.
             content = message.get("content") or ""
             start = full.find(content, cursor) if content else -1
+            if start < 0 and "</think>" in content:
+                # Earlier turns lose their reasoning (deepseek, qwen3): the answer after it is what is written.
+                content = content.split("</think>")[-1]
+                start = full.find(content, cursor) if content.strip() else -1
             if start < 0:
                 raise DataError(
                     f"the chat template renders assistant turn {i} differently inside the whole conversation "
-                    "than on its own, so its trained span cannot be found. Use a built-in prompt_template."
+                    "than on its own, so its trained span cannot be found (a template that drops <think> "
+                    "reasoning from the reply being trained does this). Use a built-in prompt_template: "
+                    "qwen3 or deepseek keep the reasoning of the trained reply."
                 )
             end = start + len(content)
             if suffix and full.startswith(suffix, end):
@@ -135,7 +156,7 @@ def encode_conversations(
     for index, sample in enumerate(samples):
         messages = sample["messages"]
         try:
-            text, spans = assistant_spans(tokenizer, messages, sample.get("tools"), suffix)
+            text, spans = assistant_spans(tokenizer, messages, sample.get("tools"), suffix, _template_kwargs(options))
         except (TemplateError, DataError) as exc:
             origin = where[index] if where else f"sample {index}"
             if not skip_bad:
@@ -241,3 +262,20 @@ def _finish(ids: list[int], labels: list[int], options: EncodeOptions) -> dict:
     if labels.count(IGNORE_INDEX) == len(labels):
         return {"input_ids": [], "labels": [], "status": "dropped: no trained tokens (after truncation)"}
     return {"input_ids": ids, "labels": labels, "status": status}
+
+
+def masked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The sample's text with untrained stretches shown as ``[-100: ...]``: what the loss sees."""
+    pieces, run, trained = [], [], None
+    for token, label in zip(input_ids, labels):
+        is_trained = label != IGNORE_INDEX
+        if trained is not None and is_trained != trained:
+            text = tokenizer.decode(run)
+            pieces.append(text if trained else f"[-100: {text}]")
+            run = []
+        run.append(token)
+        trained = is_trained
+    if run:
+        text = tokenizer.decode(run)
+        pieces.append(text if trained else f"[-100: {text}]")
+    return "".join(pieces)

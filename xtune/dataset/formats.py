@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import datasets
 
-from xtune.dataset.dataset_info import DEFAULT_TAGS, FORMATS, DatasetSpec
+from xtune.dataset.dataset_info import DEFAULT_TAGS, FORMATS, MEDIA_COLUMNS, STAGE_COLUMNS, DatasetSpec
 from xtune.dataset.loading import iter_rows
 from xtune.errors import ConfigError, DataError
 
@@ -277,13 +277,17 @@ def _openai_messages(turns: list[Any], where: str) -> tuple[list[dict], list[int
 
 
 def _order_problem(role: str, prev: str | None, open_calls: int) -> tuple[str, str] | None:
-    """What is wrong with a ``role`` turn after a ``prev`` turn, as (problem, fix), or None."""
+    """What is wrong with a ``role`` turn after a ``prev`` turn, as (problem, fix), or None.
+
+    As lenient as LLaMA-Factory, which checks only that user/observation turns and assistant/function
+    turns alternate: a tool result may follow an assistant reply without a call (glaive_toolcall data
+    has such rows) or open the conversation, and a user may speak after a tool call; each renders
+    with the meaning it has there.
+    """
     if role == "system" and prev is not None:
         return "is a system turn after the start", "Only the first turn may be a system prompt"
     if role == "user" and prev == "user":
         return "is a second user turn in a row", "Merge the two, or add the assistant's reply between them"
-    if role == "user" and prev == "assistant" and open_calls:
-        return "is a user turn right after a tool call", "Add the tool result (observation) first"
     if role == "user" and prev == "tool":
         return "is a user turn right after a tool result", "Add the assistant's answer to the result first"
     if role == "assistant" and prev in (None, "system"):
@@ -292,10 +296,10 @@ def _order_problem(role: str, prev: str | None, open_calls: int) -> tuple[str, s
         if open_calls:
             return "follows a tool call that has no tool result", "Add the tool result (observation) first"
         return "is a second assistant turn in a row", "Merge the two, or add the user turn between them"
-    if role == "tool" and not open_calls:
-        if prev == "tool":
-            return "is one tool result more than the tool calls made", "Drop it, or add the missing tool call"
-        return "is a tool result without a preceding tool call", "Add the assistant's tool call first"
+    if role == "tool" and prev == "user":
+        return "is a tool result right after a user turn", "Add the assistant's tool call (function_call) first"
+    if role == "tool" and prev == "tool" and not open_calls:
+        return "is one tool result more than the tool calls made", "Drop it, or add the missing tool call"
     return None
 
 
@@ -317,7 +321,7 @@ def _check_order(messages: list[dict], positions: list[int], where: str, ends_wi
         if problem:
             _fail(where, f"turn {turn} {problem[0]}", problem[1])
         if role == "tool":
-            open_calls -= 1
+            open_calls = max(0, open_calls - 1)
         else:
             open_calls = len(message.get("tool_calls", ()))
         prev = role
@@ -411,6 +415,15 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
     """
     where = _where(row)
     fmt = spec.data_format
+    for media in MEDIA_COLUMNS:
+        column = _column(spec, media)
+        if row.get(column) not in (None, "", []):
+            _fail(
+                where,
+                f"column '{column}' holds {media}, which is used by {STAGE_COLUMNS[media]}; training on the text "
+                f"alone would drop them silently",
+                f"Remove the column (and its <{media[:-1]}> markers) to train on the text, or use another dataset",
+            )
     if fmt == "text":
         return {"text": _required_str(row, spec, "text", where)}
     tools = _tools(row.get(_column(spec, "tools")), where, _column(spec, "tools"))

@@ -76,15 +76,22 @@ def load_rows(spec: DatasetSpec) -> datasets.Dataset:
 
 def _load_hub(spec: DatasetSpec) -> datasets.Dataset:
     try:
-        dataset = datasets.load_dataset(spec.path, split=spec.split)
+        dataset = datasets.load_dataset(spec.path, name=spec.subset, data_dir=spec.folder, split=spec.split)
     except (DatasetNotFoundError, OSError, ValueError) as err:
         raise DataError(
-            f"could not load dataset {spec.path!r} (split {spec.split!r}) from the Hugging Face Hub, and no "
+            f"could not load dataset {spec.path!r} ({_hub_part(spec)}) from the Hugging Face Hub, and no "
             f"local file or folder has that name: {err}. Check the name, or give a local path."
         ) from err
     n = len(dataset)
     dataset = dataset.add_column(SOURCE_COLUMN, [spec.path] * n)
     return dataset.add_column(ROW_COLUMN, list(range(1, n + 1)))
+
+
+def _hub_part(spec: DatasetSpec) -> str:
+    parts = [f"split {spec.split!r}"]
+    parts += [f"subset {spec.subset!r}"] if spec.subset else []
+    parts += [f"folder {spec.folder!r}"] if spec.folder else []
+    return ", ".join(parts)
 
 
 def _first_char(file: Path) -> str:

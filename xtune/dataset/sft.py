@@ -1,43 +1,31 @@
-"""The training dataset: data files -> conversation schema -> ids and labels -> (packed) rows."""
+"""The training dataset: data files -> conversation schema -> ids and labels -> (packed) rows.
 
-import hashlib
-import json
-import os
-import shutil
+``data_path`` may name several datasets (see :mod:`xtune.dataset.mixture`); each is processed and
+cached on its own (:mod:`xtune.dataset.process`), then the rows a mixture uses are chosen, and packed
+(conversations) or joined into blocks (pretraining text, :mod:`xtune.dataset.pretrain`).
+"""
+
 from collections import Counter
 from pathlib import Path
 
 import datasets
 import numpy as np
-from mmengine.dist import barrier, get_rank
 from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
-from xtune import __version__
-from xtune.dataset.cache import load_cached, remove_stale_builds, work_suffix
-from xtune.dataset.dataset_info import FORMATS, DatasetSpec, resolve_dataset
-from xtune.dataset.encode import EncodeOptions, encode_conversations, encode_texts
-from xtune.dataset.formats import convert_row, fill_placeholders
-from xtune.dataset.loading import load_rows
+from xtune.dataset.dataset_info import DatasetSpec, check_stage
+from xtune.dataset.encode import EncodeOptions
+from xtune.dataset.mixture import resolve_mixture, select_rows
 from xtune.dataset.packing import pack_indices, packing_efficiency
+from xtune.dataset.pretrain import concat_blocks
+from xtune.dataset.process import BAD_ROW, build_or_load, cache_key, default_cache_dir
 from xtune.dataset.tokenizer import load_tokenizer
 from xtune.errors import ConfigError, DataError
 from xtune.registry import DATASETS
 
 TRUNCATIONS = ("truncate", "drop")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XTUNE_CACHE", Path.home() / ".cache" / "xtune")) / "datasets"
-
-
-def _hash_path(digest, path: Path) -> None:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.name).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+SHOWN_BAD_ROWS = 5  # how many skipped rows statistics name
+__all__ = ["SFTDataset", "default_cache_dir"]
 
 
 @DATASETS.register_module()
@@ -45,20 +33,30 @@ class SFTDataset(Dataset):
     """Supervised (and pretraining) data, tokenised, masked and optionally packed.
 
     Args:
-        data_path: A registered dataset name, a file or directory, or a hub dataset name.
+        data_path: A registered dataset name, a file or directory, or a hub dataset name; or several
+            (a list, or names separated by commas), each optionally a dict with ``path``,
+            ``data_format``, ``max_samples`` and ``weight`` (see :mod:`xtune.dataset.mixture`).
         tokenizer: Path or name of the model whose tokenizer to use.
         data_format: ``alpaca``, ``sharegpt``, ``openai`` or ``text`` (``None``: from the registry).
         prompt_template: A built-in template name, or ``auto`` for the tokenizer's own.
-        max_length: Longest sample (and packed row) in tokens.
+        max_length: Longest sample (and packed row, and pretraining block) in tokens.
         pack_to_max_length: Pack samples into rows of ``max_length``.
         truncation: ``truncate`` or ``drop`` over-long samples.
         train_on_prompt: Train on prompts too.
         mask_history: Train only on the last assistant turn.
-        placeholders: Values for ``{{key}}`` placeholders in the data (identity data: name, author).
+        keep_history_reasoning: Keep ``<think>`` reasoning in earlier assistant turns too (qwen3 and
+            deepseek templates); the replies after the last user query always keep theirs.
+        placeholders: Values for ``{{key}}`` placeholders in the data (identity data: name, author);
+            ``{{name}}``/``{{author}}`` left without a value are an error.
         columns: Column renames, schema field -> column in the file.
         tags: sharegpt role/content tag names.
         dataset_info: A user's dataset registry file.
         skip_bad_rows: Skip malformed rows (counted and reported) instead of failing.
+        concat_texts: Pretraining text: join documents with EOS and cut the stream into ``max_length``
+            blocks (no token lost); ``False``: each document is a sample, cut at ``max_length``.
+        seed: Seeds the mixture's row draws (``weight`` below 1, ``num_samples``) and the held-out split.
+        val_size: Share of the samples (or pretraining blocks) held out for validation, 0 <= val_size < 1.
+        part: ``"train"`` (the samples not held out) or ``"val"`` (the held-out ones).
         num_proc: Tokenizer worker processes.
         cache: Keep the processed data on disk, keyed by everything that decides it.
         cache_dir: Where; default ``$XTUNE_CACHE/datasets`` or ``~/.cache/xtune/datasets``.
@@ -67,7 +65,7 @@ class SFTDataset(Dataset):
 
     def __init__(
         self,
-        data_path: str,
+        data_path: str | list,
         tokenizer: str,
         data_format: str | None = None,
         prompt_template: str = "auto",
@@ -76,11 +74,16 @@ class SFTDataset(Dataset):
         truncation: str = "truncate",
         train_on_prompt: bool = False,
         mask_history: bool = False,
+        keep_history_reasoning: bool = False,
         placeholders: dict | None = None,
         columns: dict | None = None,
         tags: dict | None = None,
         dataset_info: str | None = None,
         skip_bad_rows: bool = False,
+        concat_texts: bool = True,
+        seed: int = 0,
+        val_size: float = 0.0,
+        part: str = "train",
         num_proc: int = 1,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -88,30 +91,66 @@ class SFTDataset(Dataset):
     ) -> None:
         if truncation not in TRUNCATIONS:
             raise ConfigError(f"truncation must be one of {TRUNCATIONS}, got '{truncation}'.")
+        if part not in ("train", "val"):
+            raise ConfigError(f"part must be 'train' or 'val', got {part!r}.")
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not 0 <= val_size < 1:
+            raise ConfigError(f"val_size must be a fraction in [0, 1), got {val_size!r}.")
         if not isinstance(max_length, int) or max_length < 2:
             raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}.")
-        self.spec: DatasetSpec = resolve_dataset(data_path, data_format, columns, tags, dataset_info)
-        if self.spec.data_format not in FORMATS or self.spec.data_format == "preference":
+        self.specs: list[DatasetSpec] = resolve_mixture(data_path, data_format, columns, tags, dataset_info)
+        for spec in self.specs:
+            check_stage(spec, "pt" if spec.data_format == "text" else "sft")
+        text = [spec.data_format == "text" for spec in self.specs]
+        if any(text) and not all(text):
             raise ConfigError(
-                f"data_format '{self.spec.data_format}' cannot train with SFTDataset: use alpaca, sharegpt, "
-                "openai (supervised) or text (pretraining). Preference data is for a preference stage."
+                "data_path mixes pretraining text with conversations: "
+                + ", ".join(f"{s.name} ({s.data_format})" for s in self.specs)
+                + ". Train them in separate runs, or convert the text to a conversation format."
             )
+        self.spec = self.specs[0]
         self.tokenizer = load_tokenizer(tokenizer, prompt_template, trust_remote_code)
         self.prompt_template = prompt_template
         self.max_length = max_length
-        self.pack = pack_to_max_length
-        self.options = EncodeOptions(max_length, truncation, train_on_prompt, mask_history)
+        self.concat = all(text) and concat_texts
+        # Blocks of joined text are max_length already: packing them again would change nothing.
+        self.pack = pack_to_max_length and not self.concat
+        # Joined documents are cut into blocks later, so each document is kept whole here.
+        encode_length = 2**62 if self.concat else max_length
+        self.options = EncodeOptions(
+            encode_length, truncation, train_on_prompt, mask_history, keep_history_reasoning=keep_history_reasoning
+        )
         self.placeholders = {k: str(v) for k, v in (placeholders or {}).items() if v is not None}
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
-        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-        self._key = self._compute_key()
-        self.data = self._build_or_load(cache_root if cache else None)
+        cache_root = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
+        fn_kwargs = {
+            "tokenizer": self.tokenizer,
+            "options": self.options,
+            "placeholders": self.placeholders,
+            "skip_bad_rows": self.skip_bad_rows,
+        }
+        self._keys = [cache_key(s, self.tokenizer, self.options, self.placeholders, skip_bad_rows) for s in self.specs]
+        self.parts = [
+            build_or_load(spec, key, cache_root, fn_kwargs, num_proc) for spec, key in zip(self.specs, self._keys)
+        ]
+        if cache_root is not None:
+            print_log(f"processed data: {', '.join(str(cache_root / key) for key in self._keys)}", logger="current")
+        self._used = []  # per dataset: indices of its processed rows that train
+        for index, (spec, processed) in enumerate(zip(self.specs, self.parts)):
+            usable = np.flatnonzero(np.asarray(processed["length"], dtype=np.int64))
+            self._used.append(select_rows(spec, usable, seed + 1000 * index))
+        offsets = np.cumsum([0] + [len(processed) for processed in self.parts])
+        documents = np.concatenate([used + offset for used, offset in zip(self._used, offsets)])
+        self.data = datasets.concatenate_datasets(self.parts) if len(self.parts) > 1 else self.parts[0]
+        if self.concat:
+            self.data = concat_blocks(self.data, documents, max_length)
+            documents = np.arange(len(self.data))
         lengths = np.asarray(self.data["length"], dtype=np.int64)
         # Dropped rows stay in self.data (with their reason) for statistics; training skips them.
-        self.valid = np.flatnonzero(lengths)
-        if len(self.valid) == 0:
+        documents = documents.astype(np.int64)
+        if len(documents) == 0:
             raise DataError(self._nothing_left())
+        self.valid = _split(documents, val_size, part, seed)
         self.rows = None
         if self.pack:
             packed = pack_indices(lengths[self.valid], max_length)
@@ -120,88 +159,15 @@ class SFTDataset(Dataset):
     # ----------------------------------------------------------------------------- building
     def cache_key(self) -> str:
         """A digest of everything that decided the processed data (computed when it was built)."""
-        return self._key
-
-    def _compute_key(self) -> str:
-        digest = hashlib.sha256()
-        path = Path(self.spec.path)
-        if path.exists():
-            _hash_path(digest, path)
-        else:
-            digest.update(f"hub:{self.spec.path}:{self.spec.split}".encode())
-        tok = self.tokenizer
-        digest.update(tok.backend_tokenizer.to_str().encode() if tok.is_fast else repr(tok.get_vocab()).encode())
-        settings = {
-            "xtune": __version__,
-            "format": self.spec.data_format,
-            "columns": self.spec.columns,
-            "tags": self.spec.tags,
-            "template": tok.chat_template,
-            "special": [tok.bos_token, tok.eos_token, tok.pad_token],
-            "options": self.options.__dict__,
-            "placeholders": self.placeholders,
-            "skip_bad_rows": self.skip_bad_rows,
-        }
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-        return digest.hexdigest()[:24]
-
-    def _build_or_load(self, cache_root: Path | None) -> datasets.Dataset:
-        if cache_root is None:
-            return self._process()
-        target = cache_root / self._key
-        data = None
-        if get_rank() == 0:
-            remove_stale_builds(cache_root)
-            data = load_cached(target)  # None when missing or damaged (then removed, with a message)
-        if get_rank() == 0 and data is None:
-            tmp = target.with_name(target.name + work_suffix("tmp"))
-            work = target.with_name(target.name + work_suffix("build"))
-            work.mkdir(parents=True, exist_ok=True)
-            try:
-                # written to disk batch by batch, so memory does not grow with the number of rows
-                self._process(work / "rows.arrow").save_to_disk(str(tmp))
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            if not target.exists():
-                os.replace(tmp, target)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        barrier()  # other ranks wait for rank 0 and then read its cache
-        if data is None:
-            data = datasets.load_from_disk(str(target))
-        print_log(f"processed dataset: {target}", logger="current")
-        return data
-
-    def _process(self, out_file: Path | None = None) -> datasets.Dataset:
-        raw = load_rows(self.spec)
-        fn_kwargs = {
-            "spec": self.spec,
-            "tokenizer": self.tokenizer,
-            "options": self.options,
-            "placeholders": self.placeholders,
-            "skip_bad_rows": self.skip_bad_rows,
-        }
-        return raw.map(
-            _process_batch,
-            batched=True,
-            batch_size=1000,
-            fn_kwargs=fn_kwargs,
-            remove_columns=raw.column_names,
-            num_proc=self.num_proc if self.num_proc > 1 else None,
-            desc="Tokenizing",
-            load_from_cache_file=False,
-            cache_file_name=str(out_file) if out_file else None,
-        )
+        return self._keys[0] if len(self._keys) == 1 else "+".join(self._keys)
 
     def _nothing_left(self) -> str:
         """Why no sample is left to train on, with the counts (every row dropped, and for which reasons)."""
-        reasons = Counter(self.data["status"])
+        reasons = Counter(status for processed in self.parts for status in processed["status"])
         dropped = "; ".join(f"{count} {reason.removeprefix('dropped: ')}" for reason, count in reasons.most_common(3))
         return (
-            f"{self.spec.path}: no sample left to train on: {len(self.data)} rows read, all dropped ({dropped}) with "
+            f"{', '.join(str(spec.path) for spec in self.specs)}: no sample left to train on: "
+            f"{sum(len(processed) for processed in self.parts)} rows read, all dropped ({dropped}) with "
             f"max_length={self.max_length}. Raise max_length (check-dataset shows the lengths), or shorten the "
             "prompts: a row whose prompt fills max_length has no answer tokens left to train."
         )
@@ -232,62 +198,95 @@ class SFTDataset(Dataset):
 
     @property
     def metainfo(self) -> dict:
-        return {"data_path": self.spec.path, "data_format": self.spec.data_format}
+        return {
+            "data_path": ",".join(spec.path for spec in self.specs),
+            "data_format": ",".join(sorted({spec.data_format for spec in self.specs})),
+        }
 
     def statistics(self) -> dict:
-        """Counts for logs and ``xtune check-dataset``."""
-        status = Counter(self.data["status"])
-        lengths = np.asarray(self.data["length"])
-        stats = {
-            "rows_read": len(self.data),
+        """Counts for logs and ``xtune check-dataset``: the whole mixture, then each dataset."""
+        per = [_part_statistics(s, p, u) for s, p, u in zip(self.specs, self.parts, self._used)]
+        lengths = np.asarray(self.data["length"], dtype=np.int64)
+        stats: dict = {
+            "rows_read": sum(p["rows_read"] for p in per),
             "samples": len(self.valid),
-            "truncated": status.pop("truncated", 0),
-            "tokens": int(sum(lengths)),
-            "trained_tokens": int(sum(self.data["trained"])),
-            "max_length": self.max_length,
+            "truncated": sum(p["truncated"] for p in per),
+            "tokens": int(lengths[self.valid].sum()),
         }
-        status.pop("", None)
-        stats["dropped"] = dict(status)
+        if self.concat:
+            stats["documents"] = sum(p["used"] for p in per)
+            stats["blocks"] = stats["samples"]
+            stats["tokens_kept"] = stats["tokens"]
+            stats["trained_tokens"] = int(sum(max(0, int(n) - 1) for n in lengths[self.valid]))
+        else:
+            trained = np.asarray(self.data["trained"], dtype=np.int64)
+            stats["trained_tokens"] = int(trained[self.valid].sum())
+        stats["max_length"] = self.max_length
+        dropped: Counter = Counter()
+        for part in per:
+            dropped.update(part["dropped"])
+        stats["dropped"] = dict(dropped)
+        bad = [p["skipped_bad_rows"] for p in per if p.get("skipped_bad_rows")]
+        if bad:
+            reasons: Counter = Counter()
+            for b in bad:
+                reasons.update(b["reasons"])
+            first = [row for b in bad for row in b["first"]][:SHOWN_BAD_ROWS]
+            stats["skipped_bad_rows"] = {
+                "count": sum(b["count"] for b in bad),
+                "reasons": dict(reasons),
+                "first": first,
+            }
         if self.pack:
             stats["packed_rows"] = len(self.rows)
             efficiency = packing_efficiency(lengths[self.valid], self.rows, self.max_length)
             stats["packing_efficiency"] = round(efficiency, 4)
+        if len(per) > 1:
+            stats["datasets"] = {spec.name: part for spec, part in zip(self.specs, per)}
         return stats
 
 
-def _process_batch(batch: dict, spec, tokenizer, options, placeholders, skip_bad_rows) -> dict:
-    names = list(batch)
-    rows = [dict(zip(names, values)) for values in zip(*batch.values())]
-    out = {"input_ids": [], "labels": [], "length": [], "trained": [], "status": []}
-    samples, dropped, where = [], [], []
-    for row in rows:
-        try:
-            sample = convert_row(row, spec)
-        except DataError as exc:
-            if not skip_bad_rows:
-                raise
-            dropped.append(f"dropped: bad row ({str(exc)[:200]})")
-            continue
-        samples.append(fill_placeholders(sample, placeholders) if placeholders else sample)
-        where.append(f"{row.get('_source', spec.path)}, row {row.get('_row', '?')}")
-    if not samples:
-        results = []
-    elif spec.data_format == "text":
-        results = encode_texts(tokenizer, samples, options)
-    else:
-        results = encode_conversations(tokenizer, samples, options, where=where, skip_bad=skip_bad_rows)
-    for reason in dropped:
-        results.append({"input_ids": [], "labels": [], "status": reason})
-    for result in results:
-        if result["status"].startswith("dropped"):
-            out["input_ids"].append([])
-            out["labels"].append([])
-            out["length"].append(0)
-            out["trained"].append(0)
-        else:
-            out["input_ids"].append(result["input_ids"])
-            out["labels"].append(result["labels"])
-            out["length"].append(len(result["input_ids"]))
-            out["trained"].append(len(result["labels"]) - result["labels"].count(-100))
-        out["status"].append(result["status"])
-    return out
+def _split(items: np.ndarray, val_size: float, part: str, seed: int) -> np.ndarray:
+    """The train or the held-out part of ``items``: a seeded ``val_size`` share, in order."""
+    if not val_size:
+        return items if part == "train" else items[:0]
+    held = np.zeros(len(items), dtype=bool)
+    count = max(1, round(len(items) * val_size))
+    if count >= len(items):
+        raise ConfigError(f"val_size={val_size} holds out all {len(items)} samples. Use a smaller val_size.")
+    held[np.random.default_rng(seed + 7).permutation(len(items))[:count]] = True
+    return items[held] if part == "val" else items[~held]
+
+
+def _reason(note: str) -> str:
+    """The kind of a bad row's error: its message without the file/row prefix and the fix."""
+    problem = note.split(": ", 1)[-1]
+    return problem.split(". ")[0][:120]
+
+
+def _part_statistics(spec: DatasetSpec, part: datasets.Dataset, used: np.ndarray) -> dict:
+    status = Counter(part["status"])
+    lengths = np.asarray(part["length"], dtype=np.int64)
+    stats: dict = {
+        "path": spec.path,
+        "data_format": spec.data_format,
+        "rows_read": len(part),
+        "used": len(used),
+        "truncated": status.pop("truncated", 0),
+        "tokens": int(lengths[used].sum()),
+    }
+    status.pop("", None)
+    bad = status.pop(BAD_ROW, 0)
+    # Template errors carry the error in their status; counted together, detailed like bad rows.
+    template = sum(n for reason, n in status.items() if reason.startswith("dropped: template error"))
+    stats["dropped"] = {r: n for r, n in status.items() if not r.startswith("dropped: template error")}
+    if bad + template:
+        notes = [note for note in part["note"] if note]
+        stats["dropped"].update({BAD_ROW: bad} if bad else {})
+        stats["dropped"].update({"dropped: template error": template} if template else {})
+        stats["skipped_bad_rows"] = {
+            "count": bad + template,
+            "reasons": dict(Counter(_reason(note) for note in notes).most_common(10)),
+            "first": [note.split(": ", 1)[0] for note in notes[:SHOWN_BAD_ROWS]],
+        }
+    return stats

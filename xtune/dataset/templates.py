@@ -27,7 +27,7 @@ yi         Yi-1.5 chat                                 <|im_end|> <|endoftext|> 
 Notes; *differs* marks where a template knowingly departs from the official one:
 
 - ``qwen3``: as officially, the assistant turn after the last user query gets a (possibly empty)
-  ``<think>`` block and earlier turns lose their reasoning.
+  ``<think>`` block and earlier turns lose their reasoning (``keep_history_reasoning=True`` keeps it).
 - ``llama3``: Llama 3.1/3.3's default date "26 Jul 2024" unless ``date_string`` is passed (3.2's template
   uses today's date, which would make training data depend on the day). Tool results are JSON-quoted as
   officially. *differs*: ``builtin_tools`` (brave_search, wolfram_alpha) are not rendered.
@@ -38,9 +38,13 @@ Notes; *differs* marks where a template knowingly departs from the official one:
   system message is folded into the first user turn (``system + "\\n\\n" + user``), as Gemma 3's
   official template does; conversations without a system message render exactly as officially.
 - ``glm4``: as officially, assistant turns have no end token; the next ``<|user|>`` ends them.
-- ``deepseek``: as officially, everything up to ``</think>`` is dropped from assistant turns and the
-  generation prompt opens a ``<think>`` block. *differs*: tool messages raise (the official template
-  needs string arguments and drops tool calls that come with content).
+- ``deepseek``: as officially, everything up to ``</think>`` is dropped from earlier assistant turns and
+  the generation prompt opens a ``<think>`` block. *differs*: the assistant turns after the last user
+  query keep their reasoning, as ``<think>\\n{reasoning}\\n</think>{answer}`` right after that generation
+  prompt, so that reasoning traces train (as Qwen3's official template does; prompts for generation
+  render exactly as officially); ``keep_history_reasoning=True`` keeps it in earlier turns too. Tool
+  messages raise (the official template needs string arguments and drops tool calls that come with
+  content).
 - ``default``, ``llama2``, ``mistral``, ``gemma`` and ``deepseek`` raise on roles they cannot write;
   ``supports_tools`` says which templates render tools (check it before rendering tool samples).
 """
@@ -182,7 +186,8 @@ _QWEN3 = (
             {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
             {%- set content = content.split('</think>')[-1].lstrip('\n') %}
         {%- endif %}
-        {%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}
+        {%- if (loop.index0 > ns.last_query and (loop.last or reasoning))
+            or (keep_history_reasoning is defined and keep_history_reasoning and reasoning) %}
             {{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n'
                 + content.lstrip('\n') }}
         {%- else %}
@@ -337,9 +342,10 @@ _GLM4 = r"""
 {%- if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"""
 
 _DEEPSEEK_R1 = r"""
-{%- set ns = namespace(system='') %}
+{%- set ns = namespace(system='', last_query=-1) %}
 {%- for m in messages %}
     {%- if m.role == 'system' %}{% set ns.system = m.content %}{% endif %}
+    {%- if m.role == 'user' %}{% set ns.last_query = loop.index0 %}{% endif %}
     {%- if m.role == 'tool' or m.tool_calls %}
         {{- raise_exception('The deepseek template does not write tool calls or tool results.') }}
     {%- endif %}
@@ -348,7 +354,16 @@ _DEEPSEEK_R1 = r"""
 {%- for m in messages %}
     {%- if m.role == 'user' %}{{ '<｜User｜>' + m.content }}
     {%- elif m.role == 'assistant' %}
-        {{- '<｜Assistant｜>' + m.content.split('</think>')[-1] + '<｜end▁of▁sentence｜>' }}
+        {%- set keep = loop.index0 > ns.last_query
+            or (keep_history_reasoning is defined and keep_history_reasoning) %}
+        {%- if keep and '</think>' in m.content %}
+            {#- The reply being trained keeps its reasoning, written as the model generates it. #}
+            {%- set reasoning = m.content.split('</think>')[0].split('<think>')[-1].strip('\n') %}
+            {{- '<｜Assistant｜><think>\n' + reasoning + '\n</think>' + m.content.split('</think>')[-1] }}
+        {%- else %}
+            {{- '<｜Assistant｜>' + m.content.split('</think>')[-1] }}
+        {%- endif %}
+        {{- '<｜end▁of▁sentence｜>' }}
     {%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}"""
@@ -393,7 +408,7 @@ TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in [
     _t("glm4",      _GLM4,          ["<|endoftext|>", "<|user|>", "<|observation|>"], False, (),
        "glm-4-9b-chat; the next role token ends an assistant turn."),
     _t("deepseek",  _DEEPSEEK_R1,   ["<｜end▁of▁sentence｜>"],                         False, _BOS,
-       "DeepSeek-R1-Distill; reasoning before </think> is dropped from assistant turns."),
+       "DeepSeek-R1-Distill; reasoning kept in the turn after the last query, dropped before."),
     _t("yi",        _YI,            ["<|im_end|>", "<|endoftext|>"],                  False, (),
        "Yi-1.5 chat: raw system text, then ChatML user and assistant turns."),
 ]}

@@ -1,5 +1,6 @@
 """Training engine: the runner, the loop and the hooks."""
 
+from xtune.engine.console import XtuneLoggerHook
 from xtune.engine.hooks import (
     AtomicCheckpointHook,
     DatasetInfoHook,
@@ -11,6 +12,7 @@ from xtune.engine.hooks import (
 from xtune.engine.loop import TrainLoop
 from xtune.engine.optim import DtypeOptimWrapper
 from xtune.engine.runner import XtuneRunner
+from xtune.engine.visualizer import TrackerVisualizer
 
 __all__ = [
     "AtomicCheckpointHook",
@@ -20,6 +22,8 @@ __all__ = [
     "RNGStateHook",
     "ThroughputHook",
     "TrainLoop",
+    "XtuneLoggerHook",
     "XtuneRunner",
+    "TrackerVisualizer",
     "DtypeOptimWrapper",
 ]

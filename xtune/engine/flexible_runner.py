@@ -25,6 +25,7 @@ from mmengine.registry import STRATEGIES
 from mmengine.runner import FlexibleRunner
 
 from xtune.convert.zero import DEEPSPEED_CHECKPOINT_GLOBALS, load_deepspeed_file
+from xtune.engine.console import QuietConsoleMixin
 from xtune.engine.runner import (
     CHECKPOINT_GLOBALS,
     PlainMessageHubMixin,
@@ -126,7 +127,7 @@ def _read_weights(path: str) -> dict:
 
 
 @RUNNERS.register_module()
-class XtuneFlexibleRunner(PlainMessageHubMixin, FlexibleRunner):
+class XtuneFlexibleRunner(QuietConsoleMixin, PlainMessageHubMixin, FlexibleRunner):
     """mmengine's FlexibleRunner for DeepSpeed runs, with xtune's checkpoint handling."""
 
     @property

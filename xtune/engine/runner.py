@@ -18,6 +18,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
+from xtune.engine.console import QuietConsoleMixin
 from xtune.errors import CheckpointError, refused_pickle
 from xtune.registry import RUNNERS
 
@@ -202,7 +203,7 @@ def ddp_settings(model: torch.nn.Module) -> dict:
 
 
 @RUNNERS.register_module()
-class XtuneRunner(PlainMessageHubMixin, Runner):
+class XtuneRunner(QuietConsoleMixin, PlainMessageHubMixin, Runner):
     """mmengine's Runner with crash-safe checkpoint writes, safe resume and DDP on CPU or GPU."""
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module):

@@ -12,6 +12,7 @@ Checkpoints of every type but ``full`` hold only the trainable weights.
 
 import os
 import pickle
+import warnings
 
 import torch
 from mmengine.logging import print_log
@@ -188,14 +189,21 @@ class FinetuneModel(BaseModel):
     def _apply_lora(self, settings: dict, use_dora: bool) -> None:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        # transformers renamed is_gradient_checkpointing (a FutureWarning on every read); peft still reads
+        # the old name inside get_peft_model, so that one read is silenced here.
+        checkpointing = getattr(self.llm, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = self.llm.is_gradient_checkpointing
         if self.finetune_type == "qlora":
-            self.llm = prepare_model_for_kbit_training(
-                self.llm, use_gradient_checkpointing=self.llm.is_gradient_checkpointing
-            )
+            self.llm = prepare_model_for_kbit_training(self.llm, use_gradient_checkpointing=checkpointing)
         # SEQ_CLS makes peft train (and save) the new score head in full beside the adapters
         task = "SEQ_CLS" if self.objective.model_kind == "sequence_classification" else "CAUSAL_LM"
         config = LoraConfig(task_type=task, use_dora=use_dora, **settings)
-        self.llm = get_peft_model(self.llm, config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            self.llm = get_peft_model(self.llm, config)
 
     def init_weights(self) -> None:
         """Nothing to initialise: weights come from the checkpoint and adapters from peft.

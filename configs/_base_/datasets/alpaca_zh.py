@@ -3,3 +3,4 @@
 _base_ = ['./sft.py']
 data_path = 'alpaca_zh'
 evaluation_inputs = ['请给出三条保持健康的建议。']
+evaluation_inputs_for = 'alpaca_zh'  # asked only while data_path is 'alpaca_zh'

@@ -3,5 +3,5 @@ _base_ = ['./sft.py']
 data_path = 'identity'
 name = 'xtune'
 author = 'the xtune team'
-train_dataset = dict(placeholders=dict(name='${name}', author='${author}'))
 evaluation_inputs = ['Who are you?', '你是谁？']
+evaluation_inputs_for = 'identity'  # asked only while data_path is 'identity'

@@ -5,3 +5,4 @@ _base_ = ['./sft.py']
 data_path = 'openai_demo'
 data_format = 'openai'  # stated, so that a file of yours is read as OpenAI messages too
 evaluation_inputs = ['What can you help me with?']
+evaluation_inputs_for = 'openai_demo'  # asked only while data_path is 'openai_demo'

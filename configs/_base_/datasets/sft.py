@@ -8,6 +8,18 @@ batch_size = 1  # per device
 dataloader_num_workers = 0
 evaluation_inputs = []  # prompts answered during training (EvaluateChatHook)
 objective = dict(type='sft')  # the training stage (xtune.stages): next-token loss on the trained tokens
+evaluation_inputs_for = None  # the data_path those prompts are for: other data skips them (None: always asked)
+# Fill {{name}} and {{author}} in the data (identity data: "I am {{name}}, made by {{author}}"). Left unset,
+# text that holds them is an error, so they are never trained literally.
+name = None
+author = None
+# Validation loss: on val_data_path (any data_path form) or a held-out val_size share of the data, every
+# eval_steps optimizer steps (0: at the end only); save_best keeps WORK_DIR/best_checkpoint.pth.
+val_data_path = None
+val_size = 0.0
+eval_steps = 0
+save_best = False
+skip_bad_rows = False  # True: leave malformed rows out (counted, with reasons, in the dataset statistics)
 
 train_dataset = dict(
     type='SFTDataset',
@@ -18,6 +30,9 @@ train_dataset = dict(
     max_length='${max_length}',
     pack_to_max_length='${pack_to_max_length}',
     trust_remote_code='${trust_remote_code}',
+    placeholders=dict(name='${name}', author='${author}'),
+    skip_bad_rows='${skip_bad_rows}',
+    val_size='${val_size}',
 )
 train_dataloader = dict(
     batch_size='${batch_size}',

@@ -5,3 +5,4 @@ _base_ = ['./sft.py']
 data_path = 'sharegpt_demo'
 data_format = 'sharegpt'  # stated, so that a file of yours is read as ShareGPT too
 evaluation_inputs = ['What can you help me with?']
+evaluation_inputs_for = 'sharegpt_demo'  # asked only while data_path is 'sharegpt_demo'

@@ -6,6 +6,7 @@ from xtune.engine.hooks.info import DatasetInfoHook, LossCurveHook
 from xtune.engine.hooks.rng import RNGStateHook
 from xtune.engine.hooks.save_hf import SaveHFHook
 from xtune.engine.hooks.throughput import ThroughputHook
+from xtune.engine.hooks.validation import ValidationHook
 
 __all__ = [
     "AtomicCheckpointHook",
@@ -15,4 +16,5 @@ __all__ = [
     "RNGStateHook",
     "SaveHFHook",
     "ThroughputHook",
+    "ValidationHook",
 ]

@@ -22,14 +22,31 @@ class EvaluateChatHook(Hook):
         every_n_iters: Interval in iterations; 0 means only at the end.
         max_new_tokens: Longest answer.
         system: Optional system prompt.
+        inputs_for: The dataset the prompts were written for (a dataset config's own prompts, e.g. "Who
+            are you?" for ``identity``); they are skipped when ``data_path`` names other data, so a
+            config whose data is switched does not ask its old questions. ``None``: always asked.
+        data_path: The config's ``data_path``.
     """
 
     priority = "LOW"
 
     def __init__(
-        self, evaluation_inputs: list[str], every_n_iters: int = 0, max_new_tokens: int = 64, system: str | None = None
+        self,
+        evaluation_inputs: list[str],
+        every_n_iters: int = 0,
+        max_new_tokens: int = 64,
+        system: str | None = None,
+        inputs_for: str | None = None,
+        data_path=None,
     ) -> None:
         self.inputs = list(evaluation_inputs)
+        if self.inputs and inputs_for is not None and data_path != inputs_for:
+            print_log(
+                f"evaluation prompts skipped: they were written for the '{inputs_for}' data and data_path is "
+                f"{data_path!r}. Set evaluation_inputs_for=None (and evaluation_inputs) to ask prompts of your own.",
+                logger="current",
+            )
+            self.inputs = []
         self.every = every_n_iters
         self.max_new_tokens = max_new_tokens
         self.system = system

@@ -4,27 +4,9 @@ import json
 import os.path as osp
 
 from mmengine.hooks import Hook
-from mmengine.logging import print_log
 
-from xtune.dataset.encode import IGNORE_INDEX
+from xtune.dataset.encode import masked_text
 from xtune.registry import HOOKS
-
-
-def masked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
-    """The sample's text with untrained stretches shown as ``[-100: ...]``: what the loss sees."""
-    pieces, run, trained = [], [], None
-    for token, label in zip(input_ids, labels):
-        is_trained = label != IGNORE_INDEX
-        if trained is not None and is_trained != trained:
-            text = tokenizer.decode(run)
-            pieces.append(text if trained else f"[-100: {text}]")
-            run = []
-        run.append(token)
-        trained = is_trained
-    if run:
-        text = tokenizer.decode(run)
-        pieces.append(text if trained else f"[-100: {text}]")
-    return "".join(pieces)
 
 
 @HOOKS.register_module()
@@ -35,15 +17,38 @@ class DatasetInfoHook(Hook):
         dataset = runner.train_dataloader.dataset
         if not hasattr(dataset, "statistics"):
             return
-        print_log("dataset: " + json.dumps(dataset.statistics(), ensure_ascii=False), logger="current")
-        if not len(dataset):
-            return
-        if hasattr(dataset, "describe"):  # a stage's dataset shows its own items (pairs, labelled rows)
-            shown = dataset.describe(0)
-        else:
-            item = dataset[0]
-            shown = masked_text(dataset.tokenizer, item["input_ids"], item["labels"])
-        print_log(f"first training row, untrained parts in [-100: ...]:\n{shown}", logger="current")
+        stats = dataset.statistics()
+        # The details go to the log file; the terminal gets one summary line.
+        file_only = {"console": False}
+        runner.logger.info("dataset: " + json.dumps(stats, ensure_ascii=False), extra=file_only)
+        if len(dataset):
+            if hasattr(dataset, "describe"):  # a stage's dataset shows its own items (pairs, labelled rows)
+                shown = dataset.describe(0)
+            else:
+                item = dataset[0]
+                shown = masked_text(dataset.tokenizer, item["input_ids"], item["labels"])
+            runner.logger.info(f"first training row, untrained parts in [-100: ...]:\n{shown}", extra=file_only)
+        runner.logger.info(run_summary(runner, stats))
+
+
+def run_summary(runner, stats: dict) -> str:
+    """One line: model, finetune type, trainable parameters, data, steps, work dir."""
+    cfg = runner.cfg
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+    finetune = (cfg.get("model") or {}).get("finetune_type", "?")
+    accumulate = (cfg.get("optim_wrapper") or {}).get("accumulative_counts", 1) or 1
+    data = f"{stats.get('samples', 0):,} rows, {stats.get('tokens', 0):,} tokens"
+    if stats.get("skipped_bad_rows"):
+        data += f", {stats['skipped_bad_rows']['count']} bad rows skipped"
+    return (
+        f"training {cfg.get('pretrained_model_name_or_path', '?')} ({finetune}): "
+        f"{trainable:,} of {total:,} parameters trainable; data {data}; "
+        f"{runner.max_iters:,} iterations = {-(-runner.max_iters // accumulate):,} optimizer steps; "
+        f"work dir {runner.work_dir} (full log: {runner.log_dir})"
+    )
 
 
 @HOOKS.register_module()
@@ -77,6 +82,9 @@ class LossCurveHook(Hook):
             for i in range(len(self.losses))
         ]
         axis.plot(self.steps, smooth, label=f"moving mean ({window})")
+        validation = next((h for h in runner.hooks if type(h).__name__ == "ValidationHook" and h.history["iter"]), None)
+        if validation is not None:
+            axis.plot(validation.history["iter"], validation.history["loss"], "o-", label="validation loss")
         axis.set_xlabel("iteration")
         axis.set_ylabel("loss")
         axis.legend()
