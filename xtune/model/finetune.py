@@ -13,6 +13,8 @@ from mmengine.model import BaseModel
 from transformers import AutoModelForCausalLM
 
 from xtune.errors import ConfigError, XtuneError
+from xtune.model.attention import attention_inputs, check_packing, choose_attention
+from xtune.model.checkpointing import want_checkpointing
 from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
 from xtune.registry import MODELS
 
@@ -56,9 +58,10 @@ class SupervisedFinetune(BaseModel):
             ``trainable_modules`` (name substrings, e.g. ``["lm_head"]``).
         quantization: For ``qlora``: ``bnb_4bit_quant_type`` (nf4|fp4), ``bnb_4bit_use_double_quant``,
             ``bnb_4bit_quant_storage``.
-        gradient_checkpointing: ``True``, ``False`` or ``"auto"`` (on for models over 1B parameters).
-        attn_implementation: ``auto`` (sdpa where the model supports it, else eager), or any
-            transformers attention implementation.
+        gradient_checkpointing: ``True``, ``False`` or ``"auto"``: on unless the estimated training memory
+            without it fits the device with a margin (:mod:`xtune.model.checkpointing`).
+        attn_implementation: ``auto`` (see :func:`xtune.model.attention.choose_attention`), ``xtune_varlen``
+            (attention per packed sample) or any transformers attention implementation.
         trust_remote_code: Run the model repository's own code. Off unless a config sets it.
         loss_chunk_size: Compute the output layer and cross-entropy this many tokens at a time, never
             holding the full-vocabulary logits; 0 computes the full logits as transformers does. The
@@ -67,6 +70,10 @@ class SupervisedFinetune(BaseModel):
         compile_layers: ``torch.compile`` each decoder layer (norms, RoPE, MLP activation and LoRA's
             element-wise work fuse into fewer kernels). The first batches of new lengths are slow while it
             compiles; the numbers are those of the uncompiled layers.
+        pack_to_max_length: Whether the data packs samples into rows: then the model's attention is
+            checked now to keep them apart (:func:`xtune.model.attention.check_packing`); None checks at
+            the first packed batch.
+        tokens_per_batch: Tokens of one micro-batch (batch size x max length), for ``auto`` checkpointing.
     """
 
     def __init__(
@@ -82,6 +89,8 @@ class SupervisedFinetune(BaseModel):
         trust_remote_code: bool = False,
         loss_chunk_size: int = 1024,
         compile_layers: bool = False,
+        pack_to_max_length: bool | None = None,
+        tokens_per_batch: int | None = None,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -97,7 +106,11 @@ class SupervisedFinetune(BaseModel):
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.llm = self._load(pretrained_model_name_or_path, quantization, attn_implementation, trust_remote_code)
         self.llm.config.use_cache = False
-        if self._want_checkpointing(gradient_checkpointing):
+        self.attn_implementation = choose_attention(self.llm, attn_implementation)
+        self._packing_checked = False
+        if pack_to_max_length:
+            self._check_packing()
+        if want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":
             self._apply_freeze(freeze or {})
@@ -140,10 +153,9 @@ class SupervisedFinetune(BaseModel):
         device = {"": int(os.environ.get("LOCAL_RANK", 0))}
         return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, **settings), "device_map": device}
 
-    def _want_checkpointing(self, setting: bool | str) -> bool:
-        if setting == "auto":
-            return sum(p.numel() for p in self.llm.parameters()) > 1_000_000_000
-        return bool(setting)
+    def _check_packing(self) -> None:
+        check_packing(self.causal_lm(), self.attn_implementation)
+        self._packing_checked = True
 
     def _apply_freeze(self, freeze: dict) -> None:
         layers_to_train = int(freeze.get("trainable_layers", 2))
@@ -184,16 +196,21 @@ class SupervisedFinetune(BaseModel):
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cu_seq_lens: torch.Tensor | None = None,
         loss_scale: float | None = None,
         num_tokens: torch.Tensor | None = None,
         mode: str = "loss",
     ):
         """``mode="loss"``: the summed token loss times ``loss_scale`` (default: 1 / trained tokens).
 
-        ``position_ids`` without ``attention_mask`` marks packed rows: positions restart at each sample.
+        Packed rows (see :mod:`xtune.model.attention`) come with ``cu_seq_lens`` (segment boundaries over
+        the flattened batch) and ``position_ids`` restarting at each sample, and no ``attention_mask``.
         ``num_tokens`` (each row's real tokens, for throughput logging) is not used here.
         """
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if position_ids is not None and attention_mask is None and not self._packing_checked:
+            self._check_packing()
+        masks = attention_inputs(self.attn_implementation, attention_mask, position_ids, cu_seq_lens)
+        inputs = {"input_ids": input_ids, **masks}
         head = self._chunkable_head() if mode == "loss" else None
         if head is not None:
             causal_lm = self.causal_lm()
