@@ -127,3 +127,17 @@ def test_attention_per_sample_trains_exactly_as_the_dense_mask(arch, tmp_path):
         assert loss == pytest.approx(expected_loss, rel=1e-6)
         for key, grad in expected_grads.items():
             torch.testing.assert_close(grads[key], grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_generation_with_left_padding_is_unchanged(tiny_llama):
+    """Without segments (generation, a KV cache, a left-padded batch) ``xtune_varlen`` is sdpa."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(3, 900, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    outputs = []
+    for attention in ("sdpa", VARLEN):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attention)
+        outputs.append(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False))
+    assert torch.equal(outputs[0], outputs[1])
