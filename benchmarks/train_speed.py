@@ -20,6 +20,9 @@ Examples::
     python benchmarks/train_speed.py --shape 1.5b --modes lora,full --seq-lens 2048 --out bench.json
     # a CPU smoke run of every code path (tiny shape, fp32)
     python benchmarks/train_speed.py --shape tiny --device cpu --modes lora,full --seq-lens 128 --steps 3
+    # the CPU shape (its own defaults: fp32, seq 512, 4096 tokens a step, 6 timed steps), every speed
+    # switch on and off, all cases twice in turn
+    python benchmarks/train_speed.py --shape cpu --switches --repeat 2
 """
 
 import argparse
@@ -35,6 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
+    # ~24M parameters: speed work measurable on any developer machine's CPU (docs/benchmarks.md)
+    "cpu": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "intermediate_size": 1408, "vocab_size": 3008},
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "intermediate_size": 128, "vocab_size": 3008},
     # the shape of the baseline figure in issue 8: 1.50B parameters
@@ -44,6 +50,20 @@ SHAPES = {
     "8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
            "intermediate_size": 14336, "vocab_size": 128256},
 }  # fmt: skip
+# Defaults of the shapes meant for a CPU, where the general defaults (a GPU, 2048 tokens) do not fit.
+SHAPE_DEFAULTS = {
+    "cpu": {"device": "cpu", "seq_lens": "512", "tokens_per_step": 4096, "batch": 8, "steps": 6, "warmup": 2},
+    "tiny": {"device": "cpu"},
+}
+GENERAL_DEFAULTS = {"device": "cuda", "seq_lens": "2048", "tokens_per_step": 8192, "batch": 4, "steps": 20, "warmup": 3}
+# --switches: xtune once with its defaults and once with each speed switch flipped (name, case settings)
+SWITCHES = [
+    ("-no_chunk", {"loss_chunk_size": 0}),  # full logits instead of the chunked loss
+    ("-unfused", {"switch_options": {"optim_wrapper.optimizer.fused": False}}),  # for-each AdamW
+    ("-compiled", {"switch_options": {"compile_layers": True}}),  # torch.compile of each decoder layer
+    ("-dense_mask", {"attn": "sdpa"}),  # packed rows through sdpa's dense block-diagonal mask
+    ("-ckpt_auto", {"checkpointing": "auto"}),  # checkpointing decided by the memory estimate
+]
 MODES = ("lora", "qlora", "full")
 IMPLS = ("xtune", "hf_padded", "hf_full_rows")
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
@@ -52,7 +72,7 @@ LR = 1e-4
 
 # ----------------------------------------------------------------------------------------- inputs
 def make_model(shape: str, cache: Path, device: str) -> Path:
-    """A random-init Llama checkpoint of ``shape`` in bf16 (fp32 for ``tiny``), with the tiny tokenizer."""
+    """A random-init Llama checkpoint of ``shape`` in bf16 (fp32 for the CPU shapes), with the tiny tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -63,7 +83,7 @@ def make_model(shape: str, cache: Path, device: str) -> Path:
     config = LlamaConfig(
         **SHAPES[shape], max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=False
     )
-    dtype = torch.float32 if shape == "tiny" else torch.bfloat16
+    dtype = torch.float32 if shape in SHAPE_DEFAULTS else torch.bfloat16
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)
@@ -156,6 +176,7 @@ def xtune_train_argv(case: dict, work: Path) -> list[str]:
         "loss_chunk_size": case.get("loss_chunk_size", 1024),
         "model.attn_implementation": case.get("attn", "auto"),
         **case.get("xtune_options", {}),
+        **case.get("switch_options", {}),
     }
     if case["mode"] != "full":
         options["model.lora"] = LORA
@@ -307,26 +328,45 @@ def run_in_child(case: dict, log: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- report
+def _baseline(rows: list[dict], row: dict, impl: str) -> dict | None:
+    """The ``impl`` case of the same mode, length and round as ``row``."""
+    return next((r for r in rows if r["impl"] == impl and "error" not in r
+                 and all(r[k] == row[k] for k in ("mode", "seq", "round"))), None)  # fmt: skip
+
+
 def table(rows: list[dict]) -> str:
-    """The rows as a fixed-width text table, with each case's ratio to its padded baseline."""
-    head = f"{'mode':<6} {'seq':>6} {'impl':<13} {'tokens/s':>10} {'vs padded':>9} {'TFLOP/s':>8} {'MFU':>6}"
-    head += f" {'peak GiB':>9}"
+    """The rows as a fixed-width text table, with each case's ratio to both baselines of its round."""
+    head = f"{'mode':<6} {'seq':>6} {'#':>2} {'impl':<18} {'tokens/s':>10} {'vs padded':>9} {'vs full':>8}"
+    head += f" {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}"
     lines = [head, "-" * len(head)]
     for row in rows:
+        name = row["impl"] + row.get("variant", "")
+        start = f"{row['mode']:<6} {row['seq']:>6} {row['round']:>2} {name:<18}"
         if "error" in row:
-            name = row["impl"] + row.get("variant", "")
-            lines.append(f"{row['mode']:<6} {row['seq']:>6} {name:<13} error: {row['error'][:200]}")
+            lines.append(f"{start} error: {row['error'][:200]}")
             continue
-        base = next((r for r in rows if r["mode"] == row["mode"] and r["seq"] == row["seq"]
-                     and r["impl"] == "hf_padded" and "error" not in r), None)  # fmt: skip
-        ratio = f"{row['tokens_per_sec'] / base['tokens_per_sec']:.2f}x" if base else "-"
+        ratios = []
+        for impl in ("hf_padded", "hf_full_rows"):
+            base = _baseline(rows, row, impl)
+            ratios.append(f"{row['tokens_per_sec'] / base['tokens_per_sec']:.2f}x" if base else "-")
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row.get("peak_memory_gib") is not None else "-"
         lines.append(
-            f"{row['mode']:<6} {row['seq']:>6} {row['impl'] + row.get('variant', ''):<13} "
-            f"{row['tokens_per_sec']:>10,.0f} {ratio:>9} {row['tflops']:>8.1f} {mfu:>6} {memory:>9}"
+            f"{start} {row['tokens_per_sec']:>10,.0f} {ratios[0]:>9} {ratios[1]:>8} {row['tflops']:>8.1f} "
+            f"{mfu:>6} {memory:>9}"
         )
     return "\n".join(lines)
+
+
+def variants_of(args: argparse.Namespace, impls: list[str]) -> list[tuple[str, dict]]:
+    """The cases of one mode and length: xtune (its switch variants), then the baselines."""
+    variants = [("xtune", {})] if "xtune" in impls else []
+    if args.compare_loss and "xtune" in impls:
+        # every speed switch off: full logits, sdpa, no extra options
+        variants.append(("xtune", {"loss_chunk_size": 0, "attn": "sdpa", "xtune_options": {}, "variant": "-plain"}))
+    if args.switches and "xtune" in impls:
+        variants += [("xtune", {**settings, "variant": name}) for name, settings in SWITCHES]
+    return variants + [(impl, {}) for impl in impls if impl != "xtune"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,20 +374,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1.5b")
     parser.add_argument("--modes", default="lora", help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, of {', '.join(IMPLS)}")
-    parser.add_argument("--seq-lens", default="2048", help="comma-separated sequence lengths")
+    parser.add_argument("--seq-lens", help="comma-separated sequence lengths (default 2048; cpu shape 512)")
     parser.add_argument("--data", choices=["alpaca", "long"], default="alpaca",
                         help="alpaca-like samples, or one document of about --seq-lens tokens a row")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=4, help="samples per padded baseline batch")
-    parser.add_argument("--tokens-per-step", type=int, default=8192, help="packed / full rows = this / seq")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--batch", type=int, help="samples per padded baseline batch (default 4; cpu shape 8)")
+    parser.add_argument("--tokens-per-step", type=int, help="packed / full rows = this / seq (default 8192; cpu 4096)")
+    parser.add_argument("--steps", type=int, help="timed optimizer steps (default 20; cpu shape 6)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; cpu shape 2)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     parser.add_argument("--compare-loss", action="store_true",
                         help="also run xtune with every speed switch off and record both loss curves")  # fmt: skip
+    parser.add_argument("--switches", action="store_true",
+                        help="also run xtune with each speed switch flipped, one at a time (SWITCHES)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, help="run all cases this many times in turn")
     parser.add_argument("--attn", default="auto", help="xtune's attn_implementation (auto, sdpa, flex_attention, ...)")
     parser.add_argument("--xtune-options", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more --cfg-options for the xtune cases, e.g. loss_chunk_size=2048")  # fmt: skip
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--device", choices=["cuda", "cpu"], help="default cuda; cpu for the cpu and tiny shapes")
     parser.add_argument("--cache", default="/tmp/xtune_bench", help="models, data and work dirs")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -356,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         Path(args.result).write_text(json.dumps(run_case(json.loads(args.case))))
         return 0
+    for key, value in {**GENERAL_DEFAULTS, **SHAPE_DEFAULTS.get(args.shape, {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     from xtune.config.loader import parse_cfg_options
 
@@ -375,32 +421,27 @@ def main(argv: list[str] | None = None) -> int:
     peak = measure_peak_tflops(args.device)
     log = cache / "bench.log"
     rows = []
-    for seq in [int(s) for s in args.seq_lens.split(",")]:
-        for mode in modes:
-            variants = [("xtune", {})] if "xtune" in impls else []
-            if args.compare_loss and "xtune" in impls:
-                # every speed switch off: full logits, sdpa, no extra options
-                plain = {"loss_chunk_size": 0, "attn": "sdpa", "xtune_options": {}, "variant": "-plain"}
-                variants.append(("xtune", plain))
-            variants += [(impl, {}) for impl in impls if impl != "xtune"]
-            for impl, extra in variants:
-                case = {
-                    "impl": impl, "mode": mode, "seq": seq, "model": str(model), "data": str(data),
-                    "device": args.device, "dtype": "bf16" if args.device == "cuda" else "fp32",
-                    "data_format": "alpaca" if args.data == "alpaca" else "text",
-                    "rows_per_step": max(1, args.tokens_per_step // seq), "batch": args.batch,
-                    "steps": args.steps, "warmup": args.warmup, "checkpointing": not args.no_checkpointing,
-                    "attn": args.attn, "xtune_options": xtune_options,
-                    "work": str(cache / "work" / f"{mode}_{seq}_{impl}{extra.get('variant', '')}"), **extra,
-                }  # fmt: skip
-                shutil.rmtree(case["work"], ignore_errors=True)
-                result = run_in_child(case, log)
-                if peak and "tflops" in result:
-                    result["mfu"] = result["tflops"] / peak
-                rows.append({"shape": args.shape, "mode": mode, "seq": seq, "impl": impl,
-                             "variant": extra.get("variant", ""), **result})  # fmt: skip
-                print(f"{impl}{extra.get('variant', '')} {mode} {seq}: "
-                      f"{result.get('tokens_per_sec', result.get('error'))}", flush=True)  # fmt: skip
+    for round_ in range(1, args.repeat + 1):  # rounds in turn, so a busy spell slows every case alike
+        for seq in [int(s) for s in args.seq_lens.split(",")]:
+            for mode in modes:
+                for impl, extra in variants_of(args, impls):
+                    case = {
+                        "impl": impl, "mode": mode, "seq": seq, "model": str(model), "data": str(data),
+                        "device": args.device, "dtype": "bf16" if args.device == "cuda" else "fp32",
+                        "data_format": "alpaca" if args.data == "alpaca" else "text",
+                        "rows_per_step": max(1, args.tokens_per_step // seq), "batch": args.batch,
+                        "steps": args.steps, "warmup": args.warmup, "checkpointing": not args.no_checkpointing,
+                        "attn": args.attn, "xtune_options": xtune_options,
+                        "work": str(cache / "work" / f"{mode}_{seq}_{impl}{extra.get('variant', '')}"), **extra,
+                    }  # fmt: skip
+                    shutil.rmtree(case["work"], ignore_errors=True)
+                    result = run_in_child(case, log)
+                    if peak and "tflops" in result:
+                        result["mfu"] = result["tflops"] / peak
+                    rows.append({"shape": args.shape, "mode": mode, "seq": seq, "impl": impl, "round": round_,
+                                 "variant": extra.get("variant", ""), **result})  # fmt: skip
+                    print(f"[{round_}] {impl}{extra.get('variant', '')} {mode} {seq}: "
+                          f"{result.get('tokens_per_sec', result.get('error'))}", flush=True)  # fmt: skip
     settings = {key: value for key, value in vars(args).items() if key not in ("case", "result")}
     report = {"shape_config": SHAPES[args.shape], "settings": settings, "peak_tflops": peak, "rows": rows}
     if args.out:

@@ -78,3 +78,31 @@ def test_synthetic_words_encode_to_one_token_each(tmp_path):
     rows = json.loads(bench.make_rows(tmp_path / "rows.json", count=200).read_text())
     answers = sorted(len(row["output"].split()) for row in rows)
     assert 60 < answers[100] < 200 and answers[-1] <= 1500  # median ~110 tokens, capped
+
+
+def test_the_cpu_shape_records_every_speed_switch_on_and_off(tmp_path):
+    import argparse
+
+    bench = _load_script()
+    assert bench.SHAPES["cpu"] == {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
+                                   "num_key_value_heads": 4, "intermediate_size": 1408, "vocab_size": 3008}  # fmt: skip
+    assert bench.SHAPE_DEFAULTS["cpu"]["seq_lens"] == "512" and bench.SHAPE_DEFAULTS["cpu"]["tokens_per_step"] == 4096
+    args = argparse.Namespace(compare_loss=False, switches=True)
+    variants = bench.variants_of(args, list(bench.IMPLS))
+    assert [impl + extra.get("variant", "") for impl, extra in variants] == [
+        "xtune", "xtune-no_chunk", "xtune-unfused", "xtune-compiled", "xtune-dense_mask", "xtune-ckpt_auto",
+        "hf_padded", "hf_full_rows",
+    ]  # fmt: skip
+    flipped = {
+        "-no_chunk": "loss_chunk_size=0",
+        "-unfused": "optim_wrapper.optimizer.fused=False",
+        "-compiled": "compile_layers=True",
+        "-dense_mask": "model.attn_implementation='sdpa'",
+        "-ckpt_auto": "gradient_checkpointing='auto'",
+    }
+    base = {"model": "m", "data": "d", "dtype": "fp32", "seq": 512, "rows_per_step": 8, "checkpointing": True,
+            "warmup": 1, "steps": 1, "mode": "lora"}  # fmt: skip
+    defaults = bench.xtune_train_argv(base, tmp_path)
+    for _impl, extra in variants[1:6]:
+        argv = bench.xtune_train_argv({**base, **extra}, tmp_path)
+        assert flipped[extra["variant"]] in argv and flipped[extra["variant"]] not in defaults

@@ -10,7 +10,10 @@ trust_remote_code = True  # InternLM2.5's modeling code lives in its Hub reposit
 # rank 16, alpha 32 for a small model; the base's r=64/alpha=16 is for 7B+
 model = dict(lora=dict(r=16, lora_alpha=32, target_modules=['wqkv', 'wo', 'w1', 'w2', 'w3']))
 max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
+# The Hub code masks by padding alone (positions only feed RoPE): packed samples would see each other, and
+# the model build refuses that (xtune/model/attention.py). One sample a row instead.
+pack_to_max_length = False
+batch_size = 4  # per GPU, padded to the longest of the four
+accumulative_counts = 4  # 16 samples per optimizer step
 lr = 1e-4
 max_epochs = 3

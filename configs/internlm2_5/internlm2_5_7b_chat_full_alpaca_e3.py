@@ -9,7 +9,10 @@ pretrained_model_name_or_path = 'internlm/internlm2_5-7b-chat'
 prompt_template = 'internlm2'
 trust_remote_code = True  # InternLM2.5's modeling code lives in its Hub repository: read it before running
 max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
+# The Hub code masks by padding alone (positions only feed RoPE): packed samples would see each other, and
+# the model build refuses that (xtune/model/attention.py). One sample a row instead.
+pack_to_max_length = False
+batch_size = 4  # per GPU, padded to the longest of the four
+accumulative_counts = 4  # 16 samples per optimizer step
 lr = 1e-5  # every weight of a 7B+ model moves: small steps keep training stable
 max_epochs = 3

@@ -9,7 +9,10 @@ trust_remote_code = True  # InternLM2.5's modeling code lives in its Hub reposit
 # InternLM2's fused attention (wqkv, wo) and MLP (w1, w2, w3) layers; the output head stays frozen
 model = dict(lora=dict(target_modules=['wqkv', 'wo', 'w1', 'w2', 'w3']))
 max_length = 2048
-batch_size = 1  # per GPU: one row packs several samples into max_length tokens
-accumulative_counts = 16  # 16 rows of 2048 tokens: ~32k tokens per optimizer step
+# The Hub code masks by padding alone (positions only feed RoPE): packed samples would see each other, and
+# the model build refuses that (xtune/model/attention.py). One sample a row instead.
+pack_to_max_length = False
+batch_size = 4  # per GPU, padded to the longest of the four
+accumulative_counts = 4  # 16 samples per optimizer step
 lr = 2e-4  # r=64/alpha=16 LoRA (QLoRA paper, XTuner defaults for 7B-class models)
 max_epochs = 3

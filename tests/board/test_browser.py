@@ -149,7 +149,7 @@ def test_train_stop_resume_and_watch_to_the_end(page, board, artifacts):
     expect(progress).to_contain_text("stopped", timeout=60_000)
     expect(page.locator("#log-tail textarea")).to_have_value(re.compile("Resume with"))
     record = json.loads((board[1].root / RUN / "board_run.json").read_text())
-    assert record["returncode"] == 2 and record["stopped"]
+    assert record["returncode"] == 143 and record["stopped"]
 
     _tab(page, "Train")
     page.locator("#resume").click()
@@ -186,7 +186,7 @@ def test_data_preview_shows_masked_rows_and_numbered_bad_rows(page, artifacts, t
     page.locator("#data-preview").click()
     problems = page.locator("#data-problems")
     expect(problems).to_contain_text("1 rows dropped", timeout=60_000)
-    expect(problems).to_contain_text(f"{bad}, row 2: missing column 'output'")  # rows count from 1
+    expect(problems).to_contain_text(f"{bad}, row 2: column 'output' is missing or null")  # rows count from 1
     expect(problems).to_contain_text("Training stops at the first bad row")
 
 

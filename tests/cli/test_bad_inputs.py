@@ -257,7 +257,7 @@ def test_every_row_too_long_gives_the_counts(tmp_path):
 def test_null_value_names_the_row_and_column(tmp_path):
     rows = '[{"instruction": "hi", "output": "hello"}, {"instruction": null, "output": "x"}]'
     line = _check_dataset(tmp_path, rows)
-    assert "rows.json, row 2" in line and "column 'instruction' is null" in line
+    assert "rows.json, row 2" in line and "column 'instruction' is missing or null" in line
 
 
 # ----------------------------------------------------------------------------- real subprocesses

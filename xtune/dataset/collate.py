@@ -11,12 +11,13 @@ def sft_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of:
     """Pad a batch on the right.
 
     Unpacked items (``input_ids``, ``labels``) get an ``attention_mask``. Packed items also carry
-    ``position_ids``; they get no ``attention_mask`` (the restarting positions define the mask) and
-    padding forms a segment of its own with positions from 0.
+    ``position_ids``; they get no ``attention_mask`` and padding forms a segment of its own with
+    positions from 0. Every batch says where its segments (samples, padding tails) lie in
+    ``cu_seq_lens``: the packing contract of :mod:`xtune.model.attention`.
 
     Returns:
-        ``input_ids``, ``labels`` and ``attention_mask`` or ``position_ids``, as LongTensors, and
-        ``num_tokens``, each row's count of real (non-pad) tokens, for throughput.
+        ``input_ids``, ``labels`` and ``attention_mask`` or ``position_ids``, as LongTensors;
+        ``cu_seq_lens`` (int32) and ``num_tokens``, each row's count of real (non-pad) tokens.
     """
     longest = max(len(item["input_ids"]) for item in batch)
     width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
@@ -24,19 +25,26 @@ def sft_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of:
     input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     extra = torch.zeros((len(batch), width), dtype=torch.long)
+    bounds = [0]
     for row, item in enumerate(batch):
         n = len(item["input_ids"])
         input_ids[row, :n] = torch.as_tensor(item["input_ids"])
         labels[row, :n] = torch.as_tensor(item["labels"])
         if packed:
-            extra[row, :n] = torch.as_tensor(item["position_ids"])
+            positions = torch.as_tensor(item["position_ids"])
+            extra[row, :n] = positions
             extra[row, n:] = torch.arange(width - n)
+            starts = (positions == 0).nonzero().squeeze(1)
+            bounds += (starts[1:] + row * width).tolist()  # starts[0] == 0 is the previous row's end
         else:
             extra[row, :n] = 1
+        bounds += [row * width + n] if n < width else []
+        bounds.append((row + 1) * width)
     out = {
         "input_ids": input_ids,
         "labels": labels,
         "num_tokens": torch.tensor([len(item["input_ids"]) for item in batch]),
+        "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32),
     }
     out["position_ids" if packed else "attention_mask"] = extra
     return out

@@ -87,7 +87,11 @@ def _required_str(row: dict[str, Any], spec: DatasetSpec, name: str, where: str)
     column = _column(spec, name)
     value = row.get(column)
     if value is None and column in row:
-        _fail(where, f"column '{column}' is null", "Give it a value, or drop the row (or set skip_bad_rows=True)")
+        _fail(
+            where,
+            f"column '{column}' is missing or null",
+            "Give it a value, or drop the row (or set skip_bad_rows=True)",
+        )
     if value is None:
         _fail(
             where,

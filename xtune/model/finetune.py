@@ -20,6 +20,8 @@ from mmengine.model import BaseModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from xtune.errors import ConfigError, XtuneError, model_load_problem
+from xtune.model.attention import attention_inputs, check_packing, choose_attention
+from xtune.model.checkpointing import want_checkpointing
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
@@ -65,9 +67,10 @@ class FinetuneModel(BaseModel):
             ``trainable_modules`` (name substrings, e.g. ``["lm_head"]``).
         quantization: For ``qlora``: ``bnb_4bit_quant_type`` (nf4|fp4), ``bnb_4bit_use_double_quant``,
             ``bnb_4bit_quant_storage``.
-        gradient_checkpointing: ``True``, ``False`` or ``"auto"`` (on for models over 1B parameters).
-        attn_implementation: ``auto`` (sdpa where the model supports it, else eager), or any
-            transformers attention implementation.
+        gradient_checkpointing: ``True``, ``False`` or ``"auto"``: on unless the estimated training memory
+            without it fits the device with a margin (:mod:`xtune.model.checkpointing`).
+        attn_implementation: ``auto`` (see :func:`xtune.model.attention.choose_attention`), ``xtune_varlen``
+            (attention per packed sample) or any transformers attention implementation.
         trust_remote_code: Run the model repository's own code. Off unless a config sets it.
         loss_chunk_size: Compute the output layer and cross-entropy this many tokens at a time, never
             holding the full-vocabulary logits; 0 computes the full logits as transformers does. The
@@ -77,6 +80,10 @@ class FinetuneModel(BaseModel):
             element-wise work fuse into fewer kernels). The first batches of new lengths are slow while it
             compiles; the numbers are those of the uncompiled layers.
         objective: The stage's objective config (``dict(type='dpo', pref_beta=0.1)``); None is SFT.
+        pack_to_max_length: Whether the data packs samples into rows: then the model's attention is
+            checked now to keep them apart (:func:`xtune.model.attention.check_packing`); None checks at
+            the first packed batch.
+        tokens_per_batch: Tokens of one micro-batch (batch size x max length), for ``auto`` checkpointing.
     """
 
     def __init__(
@@ -93,6 +100,8 @@ class FinetuneModel(BaseModel):
         loss_chunk_size: int = 1024,
         compile_layers: bool = False,
         objective: dict | None = None,
+        pack_to_max_length: bool | None = None,
+        tokens_per_batch: int | None = None,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -119,7 +128,11 @@ class FinetuneModel(BaseModel):
                 pretrained_model_name_or_path, trust_remote_code=trust_remote_code
             )
             self.llm.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
-        if self._want_checkpointing(gradient_checkpointing):
+        self.attn_implementation = choose_attention(self.llm, attn_implementation)
+        self._packing_checked = False
+        if pack_to_max_length:
+            self._check_packing()
+        if want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":
             self._apply_freeze(freeze or {})
@@ -166,10 +179,9 @@ class FinetuneModel(BaseModel):
         device = {"": int(os.environ.get("LOCAL_RANK", 0))}
         return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, **settings), "device_map": device}
 
-    def _want_checkpointing(self, setting: bool | str) -> bool:
-        if setting == "auto":
-            return sum(p.numel() for p in self.llm.parameters()) > 1_000_000_000
-        return bool(setting)
+    def _check_packing(self) -> None:
+        check_packing(self.causal_lm(), self.attn_implementation)
+        self._packing_checked = True
 
     def _apply_freeze(self, freeze: dict) -> None:
         layers_to_train = int(freeze.get("trainable_layers", 2))
@@ -217,13 +229,24 @@ class FinetuneModel(BaseModel):
         self, input_ids: torch.Tensor | None = None, mode: str = "loss", loss_scale: float | None = None, **batch
     ):
         """``mode="loss"``: the objective's loss (times ``loss_scale``, default its own normaliser) and
-        metrics; otherwise the model's logits for ``input_ids``/``attention_mask``/``position_ids``.
+        metrics; otherwise the model's logits for the batch (:meth:`model_inputs`).
         ``batch`` is whatever the objective's collate function produced."""
         batch["input_ids"] = input_ids
         if mode == "loss":
             return self.objective.compute(self, batch, loss_scale)
-        inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "position_ids")}
-        return self.llm(**inputs, use_cache=False).logits
+        return self.llm(**self.model_inputs(batch), use_cache=False).logits
+
+    def model_inputs(self, batch: dict) -> dict:
+        """``input_ids`` and the mask inputs of the attention path chosen at build time.
+
+        Packed rows (see :mod:`xtune.model.attention`) come with ``cu_seq_lens`` (segment boundaries over
+        the flattened batch) and ``position_ids`` restarting at each sample, and no ``attention_mask``.
+        """
+        attention_mask, position_ids = batch.get("attention_mask"), batch.get("position_ids")
+        if position_ids is not None and attention_mask is None and not self._packing_checked:
+            self._check_packing()
+        masks = attention_inputs(self.attn_implementation, attention_mask, position_ids, batch.get("cu_seq_lens"))
+        return {"input_ids": batch["input_ids"], **masks}
 
     def causal_lm(self):
         """The transformers causal LM, under peft's wrapper where there is one."""

@@ -41,11 +41,7 @@ class SFTObjective(Objective):
         return packed_sample_lengths(batch)
 
     def compute(self, model, batch: dict, loss_scale: float | None) -> dict[str, torch.Tensor]:
-        inputs = {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch.get("attention_mask"),
-            "position_ids": batch.get("position_ids"),
-        }
+        inputs = model.model_inputs(batch)  # the attention path the builder chose (packed rows: per sample)
         labels = batch["labels"]
         head = model._chunkable_head()  # the builder decides whether the chunked loss applies
         if head is not None:

@@ -8,6 +8,13 @@ truncation = 'truncate'  # or 'drop' over-long pairs; both counted in the datase
 batch_size = 1  # pairs per device
 dataloader_num_workers = 0
 evaluation_inputs = []
+evaluation_inputs_for = None
+pack_to_max_length = False  # pairs are padded side by side, never packed
+# validation loss is an sft/pt feature (ValidationHook refuses it for these stages)
+val_data_path = None
+val_size = 0.0
+eval_steps = 0
+save_best = False
 
 train_dataset = dict(
     type='PreferenceDataset',

@@ -2,7 +2,7 @@
 pretrained_model_name_or_path = None
 dtype = 'auto'  # auto = bf16 on GPUs that support it, fp32 on CPU
 trust_remote_code = False  # only configs of models that need their repository's code set this
-gradient_checkpointing = 'auto'  # auto = on for models over 1B parameters
+gradient_checkpointing = 'auto'  # auto = on unless a step's estimated memory without it fits the device
 # The output layer and loss run this many tokens at a time, so the full-vocabulary logits (8 GiB in fp32
 # for 8192 tokens x 128k vocabulary, with their gradient) never exist at once; 0 = compute them whole.
 loss_chunk_size = 1024
@@ -17,4 +17,8 @@ model = dict(
     loss_chunk_size='${loss_chunk_size}',
     compile_layers='${compile_layers}',
     objective='${objective}',  # the stage's objective: set by the dataset/stage base (sft, dpo, ...)
+    # the data's packing and micro-batch size: the model checks its attention keeps packed samples apart,
+    # and sizes a step's memory for gradient_checkpointing='auto'
+    pack_to_max_length='${pack_to_max_length}',
+    tokens_per_batch='${batch_size * max_length}',
 )

@@ -61,6 +61,13 @@ class ValidationHook(Hook):
     def before_train(self, runner) -> None:
         if not self.enabled:
             return
+        objective = (runner.cfg.get("model") or {}).get("objective") or {}
+        stage = objective.get("type", "sft") if isinstance(objective, dict) else "sft"
+        if stage not in ("sft", "pt"):
+            raise ConfigError(
+                f"val_data_path/val_size give a validation loss for the sft and pt stages; this config trains the "
+                f"'{stage}' stage, whose metrics are logged per step instead. Unset val_data_path and val_size."
+            )
         cfg = copy.deepcopy(runner.cfg.get("train_dataset") or runner.cfg.train_dataloader.dataset)
         if self.val_data_path:
             cfg.update(data_path=self.val_data_path, val_size=0.0, part="train")

@@ -1,0 +1,58 @@
+"""``gradient_checkpointing='auto'``: decided by the step's estimated memory against the device's."""
+
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from xtune.errors import ConfigError
+from xtune.model import SupervisedFinetune, checkpointing
+from xtune.model.checkpointing import MEMORY_MARGIN, activation_bytes, training_bytes, want_checkpointing
+
+GIB = 2**30
+
+
+def _llama_8b_config() -> LlamaConfig:
+    return LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       intermediate_size=14336, vocab_size=128256)  # fmt: skip
+
+
+def test_activations_grow_with_tokens_layers_and_adapters():
+    config = _llama_8b_config()
+    one = activation_bytes(config, 1, 2, adapters=False)
+    assert activation_bytes(config, 4096, 2, adapters=False) == 4096 * one
+    assert activation_bytes(config, 1, 4, adapters=False) == 2 * one
+    assert activation_bytes(config, 1, 2, adapters=True) > one
+    # Llama-3-8B, bf16, 8192 tokens without checkpointing: tens of GiB (measured ~60 GiB on GPUs)
+    assert 30 * GIB < activation_bytes(config, 8192, 2, adapters=True) < 120 * GIB
+
+
+def test_full_finetuning_counts_gradients_and_adam_states(tiny_llama):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    lora = training_bytes(model, "lora", 0)
+    assert lora == weights
+    assert training_bytes(model, "full", 0) == weights + weights // 4 * (4 + 8)
+
+
+def test_auto_is_off_when_the_step_fits_and_on_when_it_does_not(tiny_llama, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    need = training_bytes(model, "lora", 1024)
+    monkeypatch.setattr(checkpointing, "device_memory_bytes", lambda: int(need / MEMORY_MARGIN) + 1024)
+    assert want_checkpointing("auto", model, "lora", 1024) is False
+    monkeypatch.setattr(checkpointing, "device_memory_bytes", lambda: int(need / MEMORY_MARGIN) - 1024)
+    assert want_checkpointing("auto", model, "lora", 1024) is True
+    # more tokens per micro-batch need more memory: the same device now calls for checkpointing
+    monkeypatch.setattr(checkpointing, "device_memory_bytes", lambda: int(need / MEMORY_MARGIN) + 1024)
+    assert want_checkpointing("auto", model, "lora", 4096) is True
+    assert want_checkpointing(True, model, "lora", 1) is True
+    assert want_checkpointing(False, model, "lora", 10**9) is False
+    with pytest.raises(ConfigError, match="gradient_checkpointing must be"):
+        want_checkpointing("yes", model, "lora", 1)
+
+
+def test_the_model_follows_the_decision(tiny_llama, monkeypatch):
+    monkeypatch.setattr(checkpointing, "device_memory_bytes", lambda: 1024)  # nothing fits
+    small = SupervisedFinetune(str(tiny_llama), finetune_type="lora", dtype="fp32", tokens_per_batch=512)
+    assert small.llm.is_gradient_checkpointing
+    monkeypatch.setattr(checkpointing, "device_memory_bytes", lambda: 64 * GIB)
+    roomy = SupervisedFinetune(str(tiny_llama), finetune_type="lora", dtype="fp32", tokens_per_batch=512)
+    assert not roomy.llm.is_gradient_checkpointing
