@@ -76,7 +76,10 @@ def _pick(page, elem_id: str, text: str) -> None:
     """Choose ``text`` in a Gradio dropdown by typing it and clicking the matching option."""
     field = page.locator(f"#{elem_id} input")
     field.click()
-    field.fill(text)
+    field.fill("")
+    # typed key by key: Gradio filters the options on key events, and renders only the first ones of a
+    # long list, so a name far down the list is not there to click until the list is filtered
+    page.keyboard.type(text)
     page.get_by_role("option", name=text, exact=True).first.click()
 
 

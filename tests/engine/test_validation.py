@@ -42,11 +42,12 @@ def test_validation_loss_is_logged_every_eval_steps_and_the_best_weights_kept(tm
 
 
 def test_validation_loss_equals_a_plain_token_average(tmp_path):
-    # lr=0 keeps the weights: the logged loss must be plain transformers' summed token loss over the
+    # lr=1e-30 keeps the weights (lr=0 is refused as a run that cannot train): the logged loss must be
+    # plain transformers' summed token loss over the
     # validation rows divided by their trained tokens.
     from transformers import AutoModelForCausalLM
 
-    options = {**RUN, "val_data_path": "alpaca_demo", "max_length": 128, "lr": 0.0}
+    options = {**RUN, "val_data_path": "alpaca_demo", "max_length": 128, "lr": 1e-30}
     assert train("tiny_llama_full_identity_e3", tmp_path, options) == 0
     logged = json.loads((tmp_path / "val_loss.json").read_text())["loss"][-1]
     model = AutoModelForCausalLM.from_pretrained(TOKENIZER, dtype=torch.float32).eval()

@@ -80,7 +80,7 @@ def test_truncation_cuts_replies_at_the_end_and_counts_pairs(tiny_llama, tmp_pat
     ("row", "message"),
     [
         ({"instruction": "q", "chosen": "same", "rejected": "same"}, "row 2: chosen and rejected are identical"),
-        ({"instruction": "q", "chosen": "yes"}, "row 2: missing column 'rejected'"),
+        ({"instruction": "q", "chosen": "yes"}, "row 2: column 'rejected' is missing or null"),
         ({"instruction": "q", "chosen": "yes", "rejected": 3}, "row 2: column 'rejected' must be text"),
     ],
 )
