@@ -1,14 +1,6 @@
 # Llama-3.1-8B-Instruct: QLoRA DPO: 4-bit base, LoRA adapters; the reference is the 4-bit base itself,
 # on Intel/orca_dpo_pairs (~13k GPT-4 vs Llama-2 answers, from the Hugging Face Hub).
-_base_ = ['../_base_/models/qlora.py', '../_base_/stages/dpo.py', '../_base_/schedules/cosine.py',
-          '../_base_/default_runtime.py']
+_base_ = ['./llama3_1_8b_instruct_lora_dpo_orca_pairs_e1.py']
 
-pretrained_model_name_or_path = 'meta-llama/Llama-3.1-8B-Instruct'
-prompt_template = 'llama3'
-data_path = 'orca_dpo_pairs'
-max_length = 2048  # per side of a pair
-batch_size = 1  # pairs per GPU
-accumulative_counts = 16  # 16 pairs per optimizer step
-lr = 5e-6  # preference stages move a tuned policy: much smaller steps than SFT
-max_epochs = 1
-warmup_ratio = 0.1
+# the 4-bit settings of _base_/models/qlora.py, kept explicit in the resolved config
+model = dict(finetune_type='qlora', quantization=dict(bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True))

@@ -96,3 +96,19 @@ def test_every_shipped_config_resolves():
     for path in list_configs():
         cfg = load_config(path)
         assert "${" not in cfg.pretty_text, path
+
+
+def test_a_qlora_leaf_is_its_lora_sibling_in_4_bits():
+    """Each qlora config with a lora sibling differs from it only in the finetune type and 4-bit settings,
+    so the two cannot drift apart (the qlora leaves inherit their sibling)."""
+    names = {path.stem for path in list_configs()}
+    pairs = [(name, name.replace("_qlora_", "_lora_")) for name in sorted(names) if "_qlora_" in name]
+    pairs = [(q, lo) for q, lo in pairs if lo in names]
+    assert len(pairs) >= 20  # the preference leaves and the alpaca ones
+    for qlora_name, lora_name in pairs:
+        qlora, lora = load_config(qlora_name).to_dict(), load_config(lora_name).to_dict()
+        assert qlora["model"].pop("finetune_type") == "qlora", qlora_name
+        assert lora["model"].pop("finetune_type") == "lora", lora_name
+        quantization = qlora["model"].pop("quantization", None)
+        assert quantization in (None, {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}), qlora_name
+        assert qlora == lora, f"{qlora_name} differs from {lora_name} beyond finetune_type/quantization"
