@@ -33,7 +33,8 @@ def preview_dataset(cfg, num_rows: int = 3) -> DataPreview:
         XtuneError: The data cannot be read at all (missing file, unknown format, ...).
     """
     import xtune.dataset  # noqa: F401  (registers the datasets)
-    from xtune.engine.hooks.info import masked_text
+    from xtune.dataset.encode import masked_text
+    from xtune.dataset.process import BAD_ROW
     from xtune.registry import DATASETS
 
     dataset_cfg = cfg.get("train_dataset") or cfg.train_dataloader.get("dataset")
@@ -46,6 +47,13 @@ def preview_dataset(cfg, num_rows: int = 3) -> DataPreview:
         row = dataset[index]
         shown = masked_text(dataset.tokenizer, row["input_ids"], row["labels"])
         rows.append(f"--- row {index} ({len(row['input_ids'])} tokens)\n{shown}")
-    problems = [status for status in dataset.data["status"] if status.startswith("dropped")]
+    # each dataset of a mixture keeps its processed rows: a dropped row's status, and for a bad row its error
+    processed = getattr(dataset, "parts", None) or [dataset.data]
+    problems = [
+        f"{status} ({note})" if status == BAD_ROW and note else status
+        for part in processed
+        for status, note in zip(part["status"], part["note"] if "note" in part.column_names else [""] * len(part))
+        if status.startswith("dropped")
+    ]
     bad = any(problem.startswith("dropped: bad row") for problem in problems)
     return DataPreview(dataset.statistics(), rows, problems, bad and not skips)
