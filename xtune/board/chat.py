@@ -10,9 +10,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from transformers import StoppingCriteriaList
+
 from xtune.chat.loading import ChatModel, load_checkpoint_for_chat, load_model_for_chat
 from xtune.chat.session import ChatSession, GenerationSettings
-from xtune.chat.stopping import template_stop_words
+from xtune.chat.stopping import StopOnEvent, template_stop_words
 from xtune.errors import XtuneError
 
 SOURCES = ("model folder (base or merged)", "model + adapter", "training checkpoint")
@@ -94,11 +96,13 @@ class BoardChat:
         pieces: queue.Queue = queue.Queue()
         failure: list[BaseException] = []
         done = object()
+        cancelled = threading.Event()  # set when the page stops reading (Clear, a closed tab)
 
         def generate() -> None:
             try:
                 with self._lock:
-                    session.ask(message, stream=_QueueWriter(pieces))
+                    stopping = StoppingCriteriaList([StopOnEvent(cancelled)])
+                    session.ask(message, stream=_QueueWriter(pieces), stopping_criteria=stopping)
             except Exception as exc:  # noqa: BLE001  (re-raised in the page's thread below)
                 failure.append(exc)
             finally:
@@ -106,9 +110,12 @@ class BoardChat:
 
         threading.Thread(target=generate, daemon=True).start()
         answer = ""
-        while (piece := pieces.get()) is not done:
-            answer += piece
-            yield answer.strip()
+        try:
+            while (piece := pieces.get()) is not done:
+                answer += piece
+                yield answer.strip()
+        finally:
+            cancelled.set()  # a closed generator ends the generation too, and frees the model's lock
         if failure:
             raise failure[0]
         yield session.history[-1]["content"]

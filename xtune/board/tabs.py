@@ -95,9 +95,12 @@ def build_chat(board: Board) -> gr.Dropdown:
     run.change(pick_run, run, [status, config, checkpoint, model])
     load.click(do_load, [source, config, checkpoint, model, adapter, template], status)
     inputs = [message, chatbot, system, temperature, top_p, top_k, max_new, penalty]
-    send.click(respond, inputs, [chatbot, message, status])
-    message.submit(respond, inputs, [chatbot, message, status])
-    clear.click(lambda: ([], ""), None, [chatbot, status])
+    answering = [
+        send.click(respond, inputs, [chatbot, message, status]),
+        message.submit(respond, inputs, [chatbot, message, status]),
+    ]
+    # Clear also stops an answer still being written, which would otherwise refill the history.
+    clear.click(lambda: ([], ""), None, [chatbot, status], cancels=answering)
     return run
 
 

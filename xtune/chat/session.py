@@ -190,19 +190,20 @@ class ChatSession:
         """
         return self.generator.render(self.messages(text))
 
-    def ask(self, text: str, stream: TextIO | None = None) -> str:
+    def ask(self, text: str, stream: TextIO | None = None, stopping_criteria=None) -> str:
         """Answer ``text`` in the conversation and remember both turns.
 
         Args:
             text: The user's message.
             stream: Write the answer there token by token as it is generated (None: do not stream).
+            stopping_criteria: More ``StoppingCriteria`` (e.g. one that ends an answer the page cancelled).
 
         Returns:
             The answer, without stop words and surrounding whitespace.
         """
         ids = self.generator.encode(self.render(text))
         streamer = StopWordStreamer(self.tokenizer, self.stop_words, out=stream) if stream is not None else None
-        new_ids = self.generator.generate(ids, self.settings, streamer=streamer)
+        new_ids = self.generator.generate(ids, self.settings, streamer=streamer, stopping_criteria=stopping_criteria)
         answer = self.generator.answer_text(new_ids)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer

@@ -1,11 +1,24 @@
 """Where an assistant turn ends: stop words, stop token ids, and a streamer that never prints them."""
 
 import sys
+import threading
 from typing import TextIO
 
-from transformers import TextStreamer
+import torch
+from transformers import StoppingCriteria, TextStreamer
 
 from xtune.dataset.templates import TEMPLATES, stop_words_for
+
+
+class StopOnEvent(StoppingCriteria):
+    """Ends generation once any of ``events`` is set (a client went away, a page cleared its chat)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        stop = any(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def builtin_template_name(tokenizer) -> str | None:

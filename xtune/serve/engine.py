@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from xtune.chat.loading import ChatModel
 from xtune.chat.session import ChatGenerator, GenerationSettings
-from xtune.chat.stopping import StopWordStreamer, template_stop_words
+from xtune.chat.stopping import StopOnEvent, StopWordStreamer, template_stop_words
 
 
 @dataclass
@@ -56,17 +56,6 @@ class Outcome:
 
 class Overloaded(Exception):
     """More requests are waiting than the server accepts."""
-
-
-class _Cancelled(StoppingCriteria):
-    """Ends generation when the request's client went away or the server is stopping."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        stop = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class _Sink:
@@ -224,7 +213,7 @@ class HFEngine:
                     job.settings,
                     stop_words=job.stop_words,
                     streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([_Cancelled(generation.cancelled, self._stopping)]),
+                    stopping_criteria=StoppingCriteriaList([StopOnEvent(generation.cancelled, self._stopping)]),
                     ignore_eos=job.ignore_eos,
                 )
             except Exception:
