@@ -158,6 +158,20 @@ def test_missing_local_model_path_says_no_such_directory(capsys, tmp_path):
     assert str(missing) in line and "no such directory" in line and "Repo id" not in line
 
 
+@pytest.mark.parametrize("key", ["data_path", "val_data_path"])
+def test_missing_local_dataset_is_named_before_the_model_loads(key, capsys, tmp_path, monkeypatch):
+    import xtune.model.finetune as finetune
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the missing dataset was reported")
+
+    monkeypatch.setattr(finetune.FinetuneModel, "__init__", no_model)
+    missing = tmp_path / "data" / "mine.json"
+    value = f"identity,{missing}" if key == "data_path" else str(missing)  # one missing item of a mixture
+    line = train_error(capsys, tmp_path, f"{key}='{value}'")
+    assert f"{key}: dataset '{missing}' not found" in line and not line.endswith("..")
+
+
 def _malicious_pickle(path: Path, marker: Path) -> None:
     """A torch file whose unpickling would run ``touch MARKER``."""
 

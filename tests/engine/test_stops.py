@@ -155,3 +155,44 @@ def test_a_run_whose_every_step_was_skipped_fails(tiny_llama, alpaca_file, tmp_p
     assert train(LORA, tmp_path, options) == 2
     err = capsys.readouterr().err
     assert "every one of the 8 optimizer steps of this run was skipped" in err and "nothing was trained" in err
+
+
+# A stand-in for the board: starts a run as the board does, says the run's pid, then waits to be killed.
+BOARD = """
+import sys, time
+from pathlib import Path
+from xtune.board.runs import TrainingJob
+job = TrainingJob(sys.argv[2:], Path(sys.argv[1]))
+job.start()
+print(job.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_whose_board_is_killed_outright_saves_and_stops(tiny_llama, alpaca_file, tmp_path):
+    """SIGKILL gives the board no chance to stop its runs: each run notices and stops itself."""
+    work = tmp_path / "run"
+    args = ["train", LORA, "--work-dir", str(work), "--cfg-options", *cfg_options(_options(tiny_llama, alpaca_file))]
+    board = subprocess.Popen([sys.executable, "-c", BOARD, str(work), *args], stdout=subprocess.PIPE, text=True)
+    run = int(board.stdout.readline())
+    deadline = time.time() + 120
+    while not list(work.glob("*/vis_data/scalars.json")) and time.time() < deadline:
+        time.sleep(0.1)  # wait until training steps are running
+    board.kill()
+    board.wait()
+    deadline = time.time() + 120
+    while _alive(run) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(run), "the run trained on after its board was killed"
+    assert "interrupted by SIGTERM" in (work / "board_train.log").read_text()
+    saved = (work / "last_checkpoint").read_text().strip()
+    assert int(saved.rsplit("iter_", 1)[1].split(".")[0]) < 800  # saved on the way out, before the end
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie whose parent died is reaped by init, so it disappears)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -2,7 +2,9 @@
 
 A child runs in its own process group (``start_new_session``), so Stop reaches every worker torchrun
 starts: SIGTERM makes xtune finish the current step, save a checkpoint and exit with the resume command.
-The board stops its children when it exits (:meth:`Jobs.shutdown`), so no run outlives it unseen.
+The board stops its children when it exits (:meth:`Jobs.shutdown`), so no run outlives it unseen; a
+board killed outright (SIGKILL) cannot, so its children watch it and stop themselves
+(:func:`xtune.cli.workers.watch_parent`).
 Its output goes to ``WORK_DIR/board_train.log``; its exit status to ``WORK_DIR/board_run.json``.
 """
 
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xtune.cli.workers import WATCH_PARENT_ENV
 from xtune.errors import XtuneError
 
 LOG_NAME = "board_train.log"
@@ -64,7 +67,8 @@ class TrainingJob:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+                # a run outlives no board: killed outright, the board leaves it to stop itself (save, exit)
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1", WATCH_PARENT_ENV: str(os.getpid())},
                 start_new_session=True,  # its own process group: Stop reaches every worker
             )
         self.started = time.time()

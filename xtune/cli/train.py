@@ -244,8 +244,10 @@ def _resume_target(resume: str, work_dir: str) -> tuple[bool, str | None]:
 def train(args: argparse.Namespace) -> int:
     if args.deepspeed:
         _check_deepspeed_arg(args.deepspeed)
+    from xtune.cli.workers import watch_parent
     from xtune.engine.lock import WorkDirLock
 
+    watch_parent()
     if _wants_workers(args):
         # a bad config or option fails here, once, not in every worker
         path = find_config(args.config)

@@ -13,9 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+WATCH_PARENT_ENV = "XTUNE_WATCH_PARENT"  # a program that starts `xtune train` (the board) names its own pid
 
 
 def child_pids(pid: int) -> list[int]:
@@ -94,3 +97,26 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
+
+
+def watch_parent(interval: float = 1.0) -> bool:
+    """Stop this run as on SIGTERM (save, then exit) once the program that started it is gone.
+
+    A program that starts ``xtune train`` and may itself be killed outright (the board, SIGKILL or
+    a crash) sets :data:`WATCH_PARENT_ENV` to its own pid. ``PR_SET_PDEATHSIG`` cannot be used there: it
+    fires when the *thread* that started the child ends, and a web server's worker threads come and go.
+    Only the process whose parent is that pid watches (torchrun's workers inherit the variable but have
+    another parent; the launcher forwards the signal to them). Returns whether a watch was started.
+    """
+    value = os.environ.get(WATCH_PARENT_ENV, "")
+    if not value.isdigit() or os.getppid() != int(value):
+        return False
+    parent = int(value)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died: its child was handed to another process
+
+    threading.Thread(target=watch, name="xtune-watch-parent", daemon=True).start()
+    return True

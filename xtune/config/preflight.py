@@ -1,10 +1,10 @@
 """What ``xtune train`` checks beyond valid values, before anything is loaded or written.
 
-fp16 on a CPU, a model path that does not exist, model ``.bin`` weights that hold pickled code, a work
-dir that is a file, a ``load_from``/``--resume`` file that is not a checkpoint (or one holding pickled
-code), and a resume from a checkpoint of another finetuning type. Files are read as data only:
-``torch.load(weights_only=True)``, memory-mapped, and a checkpoint's stored config through
-:mod:`xtune.config.literal`.
+fp16 on a CPU, a model path or a local dataset (``data_path``, ``val_data_path``) that does not exist,
+model ``.bin`` weights that hold pickled code, a work dir that is a file, a ``load_from``/``--resume``
+file that is not a checkpoint (or one holding pickled code), and a resume from a checkpoint of another
+finetuning type. Files are read as data only: ``torch.load(weights_only=True)``, memory-mapped, and a
+checkpoint's stored config through :mod:`xtune.config.literal`.
 """
 
 from pathlib import Path
@@ -37,6 +37,7 @@ def training_problems(resolved: dict, work_dir: str | None, cuda_available: bool
             break
         if where.startswith("model.") and found and isinstance(path, str) and Path(path).is_dir():
             problems += _weight_file_problems(Path(path))
+    problems += _dataset_problems(resolved)
     if work_dir:
         blocking = next((p for p in (Path(work_dir), *Path(work_dir).parents) if p.exists()), None)
         if blocking is not None and not blocking.is_dir():
@@ -56,6 +57,33 @@ def training_problems(resolved: dict, work_dir: str | None, cuda_available: bool
         )
     elif load_from and not Path(str(load_from)).exists():
         problems.append(f"load_from='{load_from}': no such file. Pass an iter_*.pth from a training work dir")
+    return problems
+
+
+def _dataset_problems(resolved: dict) -> list[str]:
+    """Datasets that cannot be found, named now rather than after the model has loaded.
+
+    Every item of a mixture is resolved the way the dataset will resolve it (registry name, local file or
+    folder, hub name), without reading any rows.
+    """
+    from xtune.dataset.mixture import resolve_mixture  # the dataset layer, only when a config has data
+    from xtune.errors import XtuneError
+
+    dataset = resolved.get("train_dataset") if isinstance(resolved.get("train_dataset"), dict) else {}
+    problems = []
+    for key, data_path in (("data_path", dataset.get("data_path")), ("val_data_path", resolved.get("val_data_path"))):
+        if not data_path or (isinstance(data_path, str) and data_path.startswith("${")):
+            continue
+        try:
+            resolve_mixture(
+                data_path,
+                dataset.get("data_format"),
+                dataset.get("columns"),
+                dataset.get("tags"),
+                dataset.get("dataset_info"),
+            )
+        except XtuneError as exc:
+            problems.append(f"{key}: {str(exc).rstrip('.')}")
     return problems
 
 
