@@ -16,12 +16,13 @@ from typing import Any
 from xtune.board.stages import STAGES
 from xtune.config import find_config, list_configs, load_config
 from xtune.errors import ConfigError, XtuneError
+from xtune.hf.dtypes import DTYPE_NAMES
 from xtune.paths import CONFIG_DIR, MODEL_DIR
 
 NEW_CONFIG = "(new config from the fields below)"
 AUTO_FORMAT = "auto"
 NO_DEEPSPEED = "none"
-DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+DTYPE_CHOICES = DTYPE_NAMES
 LORA_TYPES = ("lora", "dora", "qlora")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")

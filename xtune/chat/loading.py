@@ -1,16 +1,12 @@
 """Load what ``xtune chat`` talks to: a model folder (plus an adapter), or a training checkpoint."""
 
-import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from xtune.convert.merge import resolve_device
-from xtune.errors import ConfigError, XtuneError, model_load_problem
-from xtune.model.finetune import DTYPES
+from xtune.errors import ConfigError, XtuneError
+from xtune.hf.dtypes import resolve_device, resolve_dtype
 
 
 @dataclass
@@ -26,42 +22,6 @@ class ChatModel:
     model: Any
     tokenizer: Any
     template: str
-
-
-def chat_dtype(dtype: str, device: str) -> str:
-    """``auto``: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU.
-
-    Raises:
-        ConfigError: An unknown dtype name.
-    """
-    if dtype == "auto":
-        if not device.startswith("cuda"):
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be auto, {', '.join(DTYPES)}; got '{dtype}'.")
-    return dtype
-
-
-def _quantization(bits: int, dtype: str):
-    if not torch.cuda.is_available():
-        raise XtuneError(
-            f"--bits {bits} needs a CUDA GPU (bitsandbytes quantizes on the GPU). Leave --bits out on this machine."
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise XtuneError(f"--bits {bits} needs bitsandbytes: pip install bitsandbytes") from None
-    from transformers import BitsAndBytesConfig
-
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=DTYPES[dtype],
-    )
 
 
 def _install_template(tokenizer, template: str, source: str) -> None:
@@ -92,29 +52,26 @@ def load_model_for_chat(
     Raises:
         XtuneError: The model cannot be loaded, ``--bits`` cannot be honoured, or the adapter does not fit.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from xtune.convert.adapter import attach_adapter, read_adapter_config
     from xtune.convert.hf_files import has_tokenizer
+    from xtune.hf.load import load_model, load_tokenizer
+    from xtune.hf.quantization import bnb_config
 
     if adapter:
         read_adapter_config(adapter)  # fail on a bad adapter before loading the model
     device = resolve_device(device)
-    dtype = chat_dtype(dtype, device)
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    dtype = resolve_dtype(dtype, device=device, training=False, knob="--dtype")
+    quantization = None
     if bits:
-        kwargs["quantization_config"] = _quantization(bits, dtype)
-    if device != "cpu":
-        kwargs["device_map"] = {"": device}
+        fix = "Leave --bits out on this machine."
+        quantization = bnb_config(bits, dtype, asked_by=f"--bits {bits}", fix=fix)
+    fix = (
+        "Pass a Hugging Face model folder, e.g. the SAVE_DIR of `xtune convert merge` (or a base model with --adapter)."
+    )
+    loading = {"trust_remote_code": trust_remote_code, "fix": fix, "error": XtuneError}
+    model = load_model(model_path, dtype=dtype, device=device, quantization=quantization, what="", **loading)
     tokenizer_source = adapter if adapter and has_tokenizer(adapter) else model_path
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise XtuneError(
-            f"cannot load {model_load_problem(str(model_path), exc)}. Pass a Hugging Face model folder, "
-            "e.g. the SAVE_DIR of `xtune convert merge` (or a base model with --adapter)."
-        ) from None
+    tokenizer = load_tokenizer(tokenizer_source, **loading)
     if adapter:
         model = attach_adapter(model, adapter, base_name=f"the model {model_path}")
     _install_template(tokenizer, template, f"the tokenizer of {tokenizer_source}")
@@ -143,15 +100,17 @@ def load_checkpoint_for_chat(
         read_checkpoint,
         tokenizer_settings,
     )
-    from xtune.dataset.tokenizer import load_tokenizer
+    from xtune.dataset.tokenizer import load_tokenizer_with_template
 
     cfg = load_config(config, cfg_options)
     trained = read_checkpoint(checkpoint)
     device = resolve_device(device)
-    dtype = chat_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device=device, training=False, knob="--dtype")
     if model_settings(cfg).get("finetune_type") == "qlora":
         print("xtune: serving the qlora adapter on an unquantized base model", file=sys.stderr)
     model = build_trained_model(cfg, trained.state, dtype=dtype, source=f"checkpoint {checkpoint}")
     tokenizer_path, template = tokenizer_settings(cfg)
-    tokenizer = load_tokenizer(tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code")))
+    tokenizer = load_tokenizer_with_template(
+        tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code"))
+    )
     return ChatModel(model.llm.to(device).eval(), tokenizer, template)

@@ -5,6 +5,7 @@ import sys
 
 from xtune.cli.configs import add_cfg_options
 from xtune.errors import XtuneError
+from xtune.hf.dtypes import DTYPE_NAMES
 
 EXAMPLES = (
     "Examples: xtune chat merged_dir --prompt 'Who are you?' --temperature 0 | "
@@ -33,7 +34,7 @@ def add_model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--device", default="auto", help="auto (default: cuda if present), cpu or cuda")
     p.add_argument(
         "--dtype",
-        choices=["auto", "bf16", "fp16", "fp32"],
+        choices=DTYPE_NAMES,
         default="auto",
         help="auto = bf16 on a GPU that has it, fp32 on the CPU",
     )

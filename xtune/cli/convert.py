@@ -3,8 +3,7 @@
 import argparse
 
 from xtune.cli.configs import add_cfg_options
-
-DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
+from xtune.hf.dtypes import DTYPE_NAMES
 
 PTH_TO_HF_EXAMPLE = (
     "Example: xtune convert pth_to_hf work_dirs/demo/tiny_llama_lora_identity_e3.py "
@@ -31,7 +30,7 @@ def add_parser(sub, name: str, text: str) -> None:
     add_cfg_options(q)
     q.add_argument(
         "--dtype",
-        choices=DTYPE_CHOICES,
+        choices=DTYPE_NAMES,
         default="auto",
         help="weights dtype (default auto: the dtype the run trained in)",
     )
@@ -56,7 +55,7 @@ def add_parser(sub, name: str, text: str) -> None:
     m.add_argument("--device", default="cpu", help="cpu (default, needs no GPU memory), cuda or auto")
     m.add_argument(
         "--dtype",
-        choices=DTYPE_CHOICES,
+        choices=DTYPE_NAMES,
         default="auto",
         help="weights dtype (default auto: the base model's own)",
     )

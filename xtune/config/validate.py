@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xtune.hf.dtypes import DTYPE_NAMES
+
 # Kept here, not imported, because importing the model and dataset packages takes seconds; a test
 # checks both equal the sets their packages accept.
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
 DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "preference")
-DTYPE_NAMES = ("auto", "bf16", "fp16", "fp32")
 KEEP_ALL = -1  # save_total_limit / max_keep_ckpts value that keeps every checkpoint
 
 

@@ -19,7 +19,7 @@ from mmengine.logging import MMLogger
 
 from xtune.convert.zero import is_zero_checkpoint, load_trained_zero_weights
 from xtune.errors import CheckpointError, ConfigError
-from xtune.model.finetune import DTYPES, resolve_dtype
+from xtune.hf.dtypes import dtype_name, resolve_dtype
 
 StateDict = dict[str, torch.Tensor]
 
@@ -138,11 +138,11 @@ def _checked_state(state, path: Path) -> StateDict:
 
 def stored_dtype(state: StateDict) -> str | None:
     """The dtype name (``bf16``, ``fp16``, ``fp32``) most of the checkpoint's floating weights have."""
-    names = {dtype: name for name, dtype in DTYPES.items()}
     counts: dict[str, int] = {}
     for value in state.values():
-        if value.dtype in names:
-            counts[names[value.dtype]] = counts.get(names[value.dtype], 0) + value.numel()
+        name = dtype_name(value.dtype)
+        if name is not None:
+            counts[name] = counts.get(name, 0) + value.numel()
     return max(counts, key=counts.get) if counts else None
 
 
@@ -250,7 +250,7 @@ def training_dtype(cfg: Config, state: StateDict) -> str:
     """The dtype a run trained in: the config's, or for ``auto`` the dtype its weights were saved in."""
     configured = model_settings(cfg).get("dtype", "auto")
     if configured != "auto":
-        return resolve_dtype(configured)
+        return resolve_dtype(configured, knob="model.dtype")
     return stored_dtype(state) or resolve_dtype("auto")
 
 

@@ -4,20 +4,20 @@ Runs on the CPU by default: the base is loaded once, in its own dtype, and the a
 it in place, so the peak memory is about one copy of the model.
 """
 
-import pickle
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import GenerationConfig
 
 from xtune.convert.adapter import attach_adapter, read_adapter_config
 from xtune.convert.hf_files import CONFIG_COPY, check_shard_size, has_tokenizer
 from xtune.convert.output import check_save_dir, staged_dir
-from xtune.errors import ConfigError, XtuneError, model_load_problem
-from xtune.model.finetune import DTYPES
+from xtune.errors import XtuneError
+from xtune.hf.dtypes import check_dtype, resolve_device
+from xtune.hf.load import load_model, load_tokenizer, recorded_dtype
 
 # Largest logit difference --verify accepts, relative to the largest logit (at least 1): the merged
 # weights are rounded once more to the dtype than base + adapter, and the error grows layer by layer.
@@ -41,51 +41,14 @@ class MergeResult:
     tolerance: float | None = None
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is present, else ``cpu``.
-
-    Raises:
-        XtuneError: A CUDA device is asked for on a machine without one.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise XtuneError(f"--device {device}: this machine has no CUDA GPU. Use --device cpu.")
-    return device
-
-
-def base_dtype(base: str | Path, dtype: str = "auto") -> str:
-    """``auto``: the dtype the base model's config records (fp32 when it records none)."""
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be auto, {', '.join(DTYPES)}; got '{dtype}'.")
-        return dtype
-    try:
-        config = AutoConfig.from_pretrained(str(base))
-    except (OSError, ValueError) as exc:
-        raise XtuneError(f"cannot read the base model config in {base}: {str(exc).splitlines()[0]}") from None
-    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(stored, str):
-        stored = getattr(torch, stored, None)
-    names = {value: name for name, value in DTYPES.items()}
-    return names.get(stored, "fp32")
-
-
 def load_base(base: str | Path, dtype: str, device: str = "cpu"):
     """Load the base causal LM in ``dtype`` on ``device``.
 
     Raises:
         XtuneError: The base model cannot be loaded.
     """
-    kwargs = {"dtype": DTYPES[dtype]}
-    if device != "cpu":
-        kwargs["device_map"] = {"": device}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
-    except (OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise XtuneError(
-            f"cannot load the base model {model_load_problem(str(base), exc)}. Pass a Hugging Face model folder."
-        ) from None
+    fix = "Pass a Hugging Face model folder."
+    model = load_model(base, dtype=dtype, device=device, what="the base model", fix=fix, error=XtuneError)
     return model.eval()
 
 
@@ -128,10 +91,11 @@ def merge_adapter(
         XtuneError: ``verify`` found the merged model too far from base + adapter (nothing is written).
     """
     check_shard_size(max_shard_size)
+    check_dtype(dtype, "--dtype")
     save_dir = check_save_dir(save_dir, overwrite)
     read_adapter_config(adapter)  # a missing adapter fails before the base model is loaded
     device = resolve_device(device)
-    dtype = base_dtype(base, dtype)
+    dtype = recorded_dtype(base) if dtype == "auto" else dtype
     print(f"xtune: loading {base} ({dtype}, {device})", file=sys.stderr)
     model = attach_adapter(load_base(base, dtype, device), adapter, base_name=f"the base model {base}")
     diff = tolerance = None
@@ -166,7 +130,7 @@ def merge_adapter(
 
 def _load_tokenizer(source: str | Path):
     try:
-        return AutoTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError) as exc:
-        print(f"xtune: warning: no tokenizer saved: cannot load one from {source} ({exc})", file=sys.stderr)
+        return load_tokenizer(source, pad=False, fix="", error=XtuneError)  # saved as it was found
+    except XtuneError as exc:
+        print(f"xtune: warning: no tokenizer saved: {str(exc).strip()}", file=sys.stderr)
         return None

@@ -30,8 +30,7 @@ from xtune.convert.hf_files import (
     write_config_copy,
 )
 from xtune.convert.output import check_save_dir, staged_dir
-from xtune.errors import ConfigError
-from xtune.model.finetune import DTYPES, resolve_dtype
+from xtune.hf.dtypes import check_dtype, torch_dtype
 
 ADAPTER_TYPES = ("lora", "dora", "qlora")
 
@@ -67,8 +66,7 @@ def pth_to_hf(
         ConfigError: The config cannot be loaded or has no model.
         CheckpointError: The checkpoint is missing, damaged, or was not trained with this config.
     """
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be auto, {', '.join(DTYPES)}; got '{dtype}'.")
+    check_dtype(dtype, "--dtype")
     check_shard_size(max_shard_size)
     save_dir = check_save_dir(save_dir, overwrite)
     cfg = load_config(config, cfg_options)
@@ -85,15 +83,17 @@ def pth_to_hf(
     model = build_trained_model(
         cfg, trained.state, dtype=base_dtype if is_adapter else out_dtype, source=f"checkpoint {checkpoint}"
     )
-    from xtune.dataset.tokenizer import load_tokenizer
+    from xtune.dataset.tokenizer import load_tokenizer_with_template
 
     tokenizer_path, template = tokenizer_settings(cfg)
-    tokenizer = load_tokenizer(tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code")))
+    tokenizer = load_tokenizer_with_template(
+        tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code"))
+    )
     generation_config = generation_config_for(model.llm, tokenizer, template)
     with staged_dir(save_dir, overwrite) as staging:
         if is_adapter:
             if dtype != "auto":
-                _cast_trainable(model.llm, DTYPES[resolve_dtype(dtype)])
+                _cast_trainable(model.llm, torch_dtype(dtype))
             model.llm.save_pretrained(str(staging), safe_serialization=safe_serialization)
             # Saved beside the adapter so that `xtune chat --adapter` and `xtune convert merge` ask and
             # stop as training taught; PEFT itself ignores these files.

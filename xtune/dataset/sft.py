@@ -19,7 +19,7 @@ from xtune.dataset.mixture import resolve_mixture, select_rows
 from xtune.dataset.packing import pack_indices, packing_efficiency
 from xtune.dataset.pretrain import concat_blocks
 from xtune.dataset.process import BAD_ROW, build_or_load, cache_key, default_cache_dir
-from xtune.dataset.tokenizer import load_tokenizer
+from xtune.dataset.tokenizer import load_tokenizer_with_template
 from xtune.errors import ConfigError, DataError
 from xtune.registry import DATASETS
 
@@ -108,7 +108,7 @@ class SFTDataset(Dataset):
                 + ". Train them in separate runs, or convert the text to a conversation format."
             )
         self.spec = self.specs[0]
-        self.tokenizer = load_tokenizer(tokenizer, prompt_template, trust_remote_code)
+        self.tokenizer = load_tokenizer_with_template(tokenizer, prompt_template, trust_remote_code)
         self.prompt_template = prompt_template
         self.max_length = max_length
         self.concat = all(text) and concat_texts

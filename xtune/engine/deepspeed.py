@@ -77,7 +77,7 @@ def config_values(cfg) -> dict:
     Returns:
         ``micro_batch``, ``accumulate``, ``max_norm`` (0.0: off) and ``dtype`` (``bf16``/``fp16``/``fp32``).
     """
-    from xtune.model.finetune import resolve_dtype
+    from xtune.hf.dtypes import resolve_dtype
 
     optim_wrapper = cfg.get("optim_wrapper") or {}
     clip = optim_wrapper.get("clip_grad") or {}
@@ -87,7 +87,7 @@ def config_values(cfg) -> dict:
         "micro_batch": int(dataloader.get("batch_size", 1)),
         "accumulate": int(optim_wrapper.get("accumulative_counts", 1)),
         "max_norm": float(clip.get("max_norm") or 0.0),
-        "dtype": resolve_dtype(model.get("dtype", cfg.get("dtype", "auto"))),
+        "dtype": resolve_dtype(model.get("dtype", cfg.get("dtype", "auto")), knob="model.dtype"),
     }
 
 
@@ -168,13 +168,13 @@ def _match_quant_storage(cfg, ds: dict) -> list[str]:
     Raises:
         ConfigError: The config sets a different storage dtype.
     """
-    from xtune.model.finetune import DTYPES, resolve_dtype
+    from xtune.hf.dtypes import LONG_NAMES, resolve_dtype
 
     model = cfg.get("model") or {}
     stage = (ds.get("zero_optimization") or {}).get("stage", 0)
     if model.get("finetune_type") != "qlora" or stage != 3:
         return []
-    wanted = str(DTYPES[resolve_dtype(model.get("dtype", "auto"))]).removeprefix("torch.")  # e.g. bfloat16
+    wanted = LONG_NAMES[resolve_dtype(model.get("dtype", "auto"), knob="model.dtype")]  # e.g. bfloat16
     quantization = dict(model.get("quantization") or {})
     current = quantization.get("bnb_4bit_quant_storage")
     if current is None:

@@ -5,7 +5,7 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
 
-from xtune.model.finetune import resolve_dtype
+from xtune.hf.dtypes import LONG_NAMES, resolve_dtype
 from xtune.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
 FUSABLE = ("Adam", "AdamW")
@@ -72,9 +72,9 @@ def DtypeOptimWrapper(optimizer: torch.optim.Optimizer, dtype: str = "auto", **k
     whose ``max_norm`` is None turns clipping off."""
     if kwargs.get("clip_grad") is not None and kwargs["clip_grad"].get("max_norm") is None:
         kwargs["clip_grad"] = None  # max_norm = None turns clipping off
-    resolved = resolve_dtype(dtype)
+    resolved = resolve_dtype(dtype, knob="optim_wrapper.dtype")
     if resolved == "fp32":
         return XtuneOptimWrapper(optimizer=optimizer, **kwargs)
-    amp_dtype = "bfloat16" if resolved == "bf16" else "float16"
+    amp_dtype = LONG_NAMES[resolved]
     loss_scale = "dynamic" if resolved == "fp16" else 1.0
     return XtuneAmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype, loss_scale=loss_scale, **kwargs)

@@ -11,21 +11,21 @@ Checkpoints of every type but ``full`` hold only the trainable weights.
 """
 
 import os
-import pickle
 import warnings
 
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from xtune.errors import ConfigError, XtuneError, model_load_problem
+from xtune.errors import ConfigError
+from xtune.hf.dtypes import resolve_dtype
+from xtune.hf.load import load_model
+from xtune.hf.quantization import bnb_config
 from xtune.model.attention import attention_inputs, check_packing, choose_attention
 from xtune.model.checkpointing import want_checkpointing
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LORA_DEFAULTS = {
     "r": 64,
     "lora_alpha": 16,
@@ -39,15 +39,6 @@ LORA_DEFAULTS = {
 CHUNKED_LOSS_MODEL_TYPES = frozenset(
     {"llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "phi3", "glm4"}
 )
-
-
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` becomes bf16 on a GPU that supports it, fp32 elsewhere."""
-    if dtype == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{dtype}'.")
-    return dtype
 
 
 @MODELS.register_module(name="FinetuneModel")
@@ -116,18 +107,20 @@ class FinetuneModel(BaseModel):
             )
         self.loss_chunk_size = loss_chunk_size
         self.finetune_type = finetune_type
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, knob="model.dtype")
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
-        self.llm = self._load(pretrained_model_name_or_path, quantization, attn_implementation, trust_remote_code)
+        quantized = finetune_type == "qlora"
+        self.llm = load_model(
+            pretrained_model_name_or_path,
+            kind=self.objective.model_kind,
+            dtype=self.dtype,
+            # bitsandbytes quantises as the weights reach the GPU: load them straight onto this rank's one
+            device=int(os.environ.get("LOCAL_RANK", 0)) if quantized else None,
+            quantization=self._quantization(quantization or {}) if quantized else None,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
         self.llm.config.use_cache = False
-        if self.objective.model_kind == "sequence_classification" and self.llm.config.pad_token_id is None:
-            # HF's classifier reads the score at the last non-pad token: it needs to know the pad id
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(
-                pretrained_model_name_or_path, trust_remote_code=trust_remote_code
-            )
-            self.llm.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
         self.attn_implementation = choose_attention(self.llm, attn_implementation)
         self._packing_checked = False
         if pack_to_max_length:
@@ -147,37 +140,14 @@ class FinetuneModel(BaseModel):
         print_log(f"{finetune_type}: {trainable:,} trainable of {total:,} parameters", logger="current")
 
     # ----------------------------------------------------------------------------- building
-    def _load(self, path: str, quantization: dict | None, attn: str, trust_remote_code: bool):
-        kwargs = {"dtype": DTYPES[self.dtype], "trust_remote_code": trust_remote_code}
-        if attn != "auto":  # auto: transformers picks sdpa where the model supports it, else eager
-            kwargs["attn_implementation"] = attn
-        if self.finetune_type == "qlora":
-            kwargs.update(self._quantization_kwargs(quantization or {}))
-        auto_class = AutoModelForCausalLM
-        if self.objective.model_kind == "sequence_classification":
-            auto_class = AutoModelForSequenceClassification
-            kwargs["num_labels"] = 1  # a scalar reward
-        try:
-            return auto_class.from_pretrained(path, **kwargs)
-        except (OSError, ValueError, pickle.UnpicklingError) as exc:
-            raise ConfigError(
-                f"cannot load the model {model_load_problem(path, exc)}. "
-                "Set pretrained_model_name_or_path to a Hugging Face model directory or hub name."
-            ) from None
-
-    def _quantization_kwargs(self, quantization: dict) -> dict:
-        if not torch.cuda.is_available():
-            raise XtuneError(
-                "qlora needs a CUDA GPU: bitsandbytes' 4-bit layers do not train on this machine's CPU. "
-                "Use a lora config here, or run the qlora config on a GPU."
-            )
-        from transformers import BitsAndBytesConfig
-
-        settings = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, **quantization}
-        settings["bnb_4bit_compute_dtype"] = DTYPES[self.dtype]
-        # bitsandbytes quantises as the weights reach the GPU: load them straight onto this rank's one
-        device = {"": int(os.environ.get("LOCAL_RANK", 0))}
-        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, **settings), "device_map": device}
+    def _quantization(self, settings: dict):
+        return bnb_config(
+            4,
+            self.dtype,
+            settings,
+            asked_by="qlora",
+            fix="Use a lora config here, or run the qlora config on a GPU.",
+        )
 
     def _check_packing(self) -> None:
         check_packing(self.causal_lm(), self.attn_implementation)

@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 from xtune.errors import XtuneError
+from xtune.hf.dtypes import LONG_NAMES
 
 INSTALL_HINT = (
     "--backend vllm needs vLLM, which is not installed: pip install vllm (Linux, CUDA GPU), or use --backend hf."
 )
-_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def check_vllm_args(args: argparse.Namespace) -> None:
@@ -44,7 +44,7 @@ def check_vllm_args(args: argparse.Namespace) -> None:
 def vllm_command(args: argparse.Namespace, model_name: str, chat_template_file: str | None) -> list[str]:
     """The command line of vLLM's OpenAI server for xtune serve's options."""
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model]
-    command += ["--host", args.host, "--port", str(args.port), "--dtype", _DTYPES[args.dtype]]
+    command += ["--host", args.host, "--port", str(args.port), "--dtype", LONG_NAMES.get(args.dtype, args.dtype)]
     command += ["--max-num-seqs", str(args.max_concurrency)]
     if args.adapter:
         # Requests name the adapter; the base model stays reachable under its path.

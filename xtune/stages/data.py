@@ -31,7 +31,7 @@ from xtune.dataset.dataset_info import resolve_dataset
 from xtune.dataset.encode import IGNORE_INDEX, EncodeOptions, encode_conversations
 from xtune.dataset.formats import convert_row, fill_placeholders
 from xtune.dataset.loading import iter_rows, load_rows
-from xtune.dataset.tokenizer import load_tokenizer
+from xtune.dataset.tokenizer import load_tokenizer_with_template
 from xtune.errors import ConfigError, DataError
 from xtune.registry import DATASETS, FUNCTIONS
 
@@ -75,7 +75,7 @@ class _StageDataset(Dataset):
                 f"data_format '{self.spec.data_format}' cannot hold {self.kind}: use alpaca, sharegpt or openai "
                 "layouts (rows with chosen/rejected, or a kto_tag label for KTO)."
             )
-        self.tokenizer = load_tokenizer(tokenizer, prompt_template, trust_remote_code)
+        self.tokenizer = load_tokenizer_with_template(tokenizer, prompt_template, trust_remote_code)
         self.max_length = max_length
         self.truncation = truncation
         self.placeholders = {k: str(v) for k, v in (placeholders or {}).items() if v is not None}
