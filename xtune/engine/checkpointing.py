@@ -25,8 +25,9 @@ What differs is only how the training state is written and read, behind :class:`
 
 The checkpoint hook (:class:`xtune.engine.hooks.checkpoint.AtomicCheckpointHook`) is shared as well: the
 non-finite refusal, the ``last_checkpoint`` pointer (:mod:`xtune.checkpoint.files`), rotation and the
-save on a stop signal. The two runner classes differ only in their mmengine base (Runner or
-FlexibleRunner, which build and wrap the model differently) and in the backend they name.
+save on a stop signal. The two runner classes hold no checkpoint code: they differ in their mmengine
+base (Runner or FlexibleRunner, which build and wrap the model differently), the backend they name, and
+how ``load_from`` weights reach the model (loaded at once, or handed to DeepSpeed before it shards).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from mmengine.dist import barrier, get_world_size, is_main_process
 from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
 from mmengine.utils import apply_to, get_git_hash
 
 from xtune.checkpoint.files import remove_path, write_failure
@@ -217,7 +219,7 @@ class CheckpointRunnerMixin:
     @property
     def unwrapped_model(self) -> torch.nn.Module:
         """The model without its DDP (or DeepSpeed) wrapper."""
-        return self.model.module if hasattr(self.model, "module") else self.model
+        return self.model.module if is_model_wrapper(self.model) else self.model
 
     # ------------------------------------------------------------------------------------------- data shape
     def data_shape(self) -> dict:
