@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xtune.checkpoint.files import POINTER_NAME, last_checkpoint
 from xtune.cli.workers import WATCH_PARENT_ENV
 from xtune.errors import XtuneError
 
@@ -254,14 +255,6 @@ def run_config(work_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
-def last_checkpoint(work_dir: str | Path) -> str | None:
-    path = Path(work_dir) / "last_checkpoint"
-    if not path.is_file():
-        return None
-    text = path.read_text().strip()
-    return text if text and Path(text).exists() else None
-
-
 def run_status(work_dir: str | Path, job: TrainingJob | None = None) -> str:
     """``running``, ``finished``, ``stopped`` (saved, can resume), ``failed (exit N)`` or ``unknown``."""
     work_dir = Path(work_dir)
@@ -310,6 +303,6 @@ def list_runs(root: str | Path) -> list[Path]:
         path
         for path in root.iterdir()
         if path.is_dir()
-        and ((path / LOG_NAME).exists() or (path / "last_checkpoint").exists() or any(path.glob("*/vis_data")))
+        and ((path / LOG_NAME).exists() or (path / POINTER_NAME).exists() or any(path.glob("*/vis_data")))
     ]
     return sorted(runs, key=lambda path: path.stat().st_mtime, reverse=True)

@@ -147,7 +147,7 @@ def read_checkpoint_file(path: str, expect_checkpoint: bool = True) -> tuple[str
 
     import torch
 
-    from xtune.engine.runner import safe_loading
+    from xtune.engine.checkpointing import safe_loading
     from xtune.errors import refused_pickle
 
     try:

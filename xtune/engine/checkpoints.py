@@ -5,8 +5,9 @@ import re
 import shutil
 from pathlib import Path
 
+from xtune.checkpoint.files import POINTER_NAME, read_pointer
 from xtune.convert.zero import is_zero_checkpoint
-from xtune.engine.runner import load_checkpoint_file
+from xtune.engine.checkpointing import load_checkpoint_file
 from xtune.errors import CheckpointError
 
 _ITER = re.compile(r"iter_(\d+)\.pth$")
@@ -24,9 +25,9 @@ def find_resume_checkpoint(work_dir: str | Path) -> tuple[str | None, list[tuple
     """
     work_dir = Path(work_dir)
     candidates = []
-    pointer = work_dir / "last_checkpoint"
-    if pointer.is_file():
-        candidates.append(pointer.read_text().strip())
+    named = read_pointer(work_dir)
+    if named:
+        candidates.append(named)
     found = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(_ITER.search(p.name).group(1)), reverse=True)
     candidates += [str(p) for p in found if str(p) not in candidates]
     skipped: list[tuple[str, str]] = []
@@ -60,7 +61,7 @@ def remove_temporary_files(work_dir: str | Path) -> list[str]:
     Only call this while holding the work dir's lock: a live run's temporary files are in use.
     """
     removed = []
-    for path in [*Path(work_dir).glob("iter_*.pth.tmp"), *Path(work_dir).glob("last_checkpoint.tmp*")]:
+    for path in [*Path(work_dir).glob("iter_*.pth.tmp"), *Path(work_dir).glob(f"{POINTER_NAME}.tmp*")]:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -1,11 +1,9 @@
 """Training with DeepSpeed ZeRO: mmengine's FlexibleRunner and DeepSpeedStrategy, made to keep
 xtune's promises.
 
-- Checkpoints are DeepSpeed folders (``iter_N.pth/``) written under a temporary name and renamed
-  once every rank has finished, so a crash never leaves a half-written folder under a real name.
-- Hooks see checkpoints as with the single-process runner: ``before_save_checkpoint`` and
-  ``after_load_checkpoint`` run (mmengine's DeepSpeedStrategy skips them), so the message hub is
-  stored as plain data and RNG states are saved and restored.
+- Saving and resuming are the plain runner's (:mod:`xtune.engine.checkpointing`): the same meta, message
+  hub, hooks, temporary name and rename; :class:`DeepSpeedBackend` only writes and reads the ZeRO state,
+  a folder (``iter_N.pth/``) with every rank's shards.
 - Resuming never unpickles arbitrary objects: DeepSpeed's checkpoint engine is replaced by one that
   loads with ``torch.load(weights_only=True)`` and an allow-list of the few classes DeepSpeed writes.
 - ``load_from`` (weights only, no resume) loads the weights before DeepSpeed shards the model.
@@ -13,26 +11,22 @@ xtune's promises.
 
 import importlib
 import json
-import os
 import os.path as osp
-import shutil
 
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from mmengine._strategy import BaseStrategy
 from mmengine._strategy.deepspeed import DeepSpeedStrategy
-from mmengine.dist import barrier, is_main_process
 from mmengine.registry import STRATEGIES
 from mmengine.runner import FlexibleRunner
 
 from xtune.convert.zero import DEEPSPEED_CHECKPOINT_GLOBALS, load_deepspeed_file
-from xtune.engine.console import QuietConsoleMixin
-from xtune.engine.runner import (
+from xtune.engine.checkpointing import (
     CHECKPOINT_GLOBALS,
-    PlainMessageHubMixin,
+    CheckpointBackend,
+    CheckpointRunnerMixin,
     load_checkpoint_file,
-    remove_path,
-    write_failure,
 )
+from xtune.engine.console import QuietConsoleMixin
 from xtune.errors import CheckpointError
 from xtune.registry import RUNNERS
 
@@ -126,9 +120,42 @@ def _read_weights(path: str) -> dict:
     return load_checkpoint_file(path)["state_dict"]
 
 
+class DeepSpeedBackend(CheckpointBackend):
+    """A DeepSpeed folder (``iter_N.pth/``): every rank writes its ZeRO shards, the shared entries go in as
+    DeepSpeed's client state; reading goes through the engine and :class:`SafeTorchCheckpointEngine`."""
+
+    def write(self, runner, path: str, checkpoint: dict, save_optimizer: bool, save_param_scheduler: bool) -> None:
+        runner.strategy.save_checkpoint(
+            filename=path,
+            save_optimizer=save_optimizer,
+            save_param_scheduler=save_param_scheduler,
+            extra_ckpt=checkpoint,
+        )
+
+    def read(self, runner, path: str, resume_optimizer: bool, resume_param_scheduler: bool, map_location) -> dict:
+        from deepspeed.runtime.zero.utils import ZeRORuntimeException
+
+        if not osp.isdir(path):
+            raise CheckpointError(
+                f"--resume {path}: a DeepSpeed run resumes from a checkpoint folder (iter_N.pth/) that a "
+                "DeepSpeed run wrote. To start from a .pth file's weights, set load_from instead."
+            )
+        try:
+            return runner.strategy.resume(
+                path, resume_optimizer=resume_optimizer, resume_param_scheduler=resume_param_scheduler
+            )
+        except ZeRORuntimeException as exc:
+            raise CheckpointError(
+                f"cannot resume from {path}: {exc} Resume with the number of ranks it was saved with "
+                "(NPROC_PER_NODE x NNODES), or convert it with `xtune convert pth_to_hf` and start anew."
+            ) from None
+
+
 @RUNNERS.register_module()
-class XtuneFlexibleRunner(QuietConsoleMixin, PlainMessageHubMixin, FlexibleRunner):
-    """mmengine's FlexibleRunner for DeepSpeed runs, with xtune's checkpoint handling."""
+class XtuneFlexibleRunner(QuietConsoleMixin, CheckpointRunnerMixin, FlexibleRunner):
+    """mmengine's FlexibleRunner for DeepSpeed runs, with xtune's checkpoint path (DeepSpeed backend)."""
+
+    checkpoint_backend = DeepSpeedBackend()
 
     @property
     def deepspeed_engine(self):
@@ -141,79 +168,3 @@ class XtuneFlexibleRunner(QuietConsoleMixin, PlainMessageHubMixin, FlexibleRunne
             self.strategy.initial_weights = self._load_from
             self._has_loaded = True
         return super().train()
-
-    def save_checkpoint(
-        self,
-        out_dir: str,
-        filename: str,
-        file_client_args=None,
-        save_optimizer: bool = True,
-        save_param_scheduler: bool = True,
-        meta: dict | None = None,
-        by_epoch: bool = True,
-        backend_args=None,
-    ) -> None:
-        """Write the DeepSpeed folder as ``<filename>.tmp`` on every rank, then rename it on rank 0."""
-        # setdefault as in mmengine's Runner: a save outside the interval (on a stop signal) passes the
-        # iteration it saves, which is the one to resume at (update made it one too many)
-        meta = dict(meta or {})
-        if by_epoch:
-            meta.setdefault("epoch", self.epoch + 1)
-            meta.setdefault("iter", self.iter)
-        else:
-            meta.setdefault("epoch", self.epoch)
-            meta.setdefault("iter", self.iter + 1)
-        meta.update(cfg=self.cfg.pretty_text, experiment_name=self.experiment_name)
-        checkpoint = {"meta": meta, "message_hub": self.message_hub.state_dict()}
-        self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
-        final = osp.join(out_dir, filename)
-        tmp = f"{final}.tmp"
-        if is_main_process() and osp.isdir(tmp):
-            shutil.rmtree(tmp)  # left over from a crash during an earlier save
-        barrier()
-        try:
-            self.strategy.save_checkpoint(
-                filename=tmp,
-                save_optimizer=save_optimizer,
-                save_param_scheduler=save_param_scheduler,
-                extra_ckpt=checkpoint,
-            )
-        except OSError as exc:
-            remove_path(tmp)
-            raise write_failure(final, exc) from None
-        barrier()  # every rank's files are written
-        if is_main_process():
-            if osp.isdir(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        barrier()
-
-    def resume(
-        self,
-        filename: str,
-        resume_optimizer: bool = True,
-        resume_param_scheduler: bool = True,
-        map_location="default",
-    ) -> None:
-        """Resume from a DeepSpeed checkpoint folder saved with the same number of ranks."""
-        from deepspeed.runtime.zero.utils import ZeRORuntimeException
-
-        if not osp.isdir(filename):
-            raise CheckpointError(
-                f"--resume {filename}: a DeepSpeed run resumes from a checkpoint folder (iter_N.pth/) that a "
-                "DeepSpeed run wrote. To start from a .pth file's weights, set load_from instead."
-            )
-        try:
-            checkpoint = self.strategy.resume(
-                filename, resume_optimizer=resume_optimizer, resume_param_scheduler=resume_param_scheduler
-            )
-        except ZeRORuntimeException as exc:
-            raise CheckpointError(
-                f"cannot resume from {filename}: {exc} Resume with the number of ranks it was saved with "
-                "(NPROC_PER_NODE x NNODES), or convert it with `xtune convert pth_to_hf` and start anew."
-            ) from None
-        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
-        self.train_loop._epoch = checkpoint["meta"]["epoch"]
-        self.train_loop._iter = checkpoint["meta"]["iter"]
-        self.message_hub.load_state_dict(checkpoint["message_hub"])
-        self.logger.info(f"resumed epoch: {self.epoch}, iter: {self.iter}")

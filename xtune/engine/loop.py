@@ -7,7 +7,6 @@ the mean over the step's units, however they were split into micro-batches, rank
 """
 
 import math
-import os.path as osp
 import signal
 
 import torch
@@ -15,6 +14,7 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
 
+from xtune.checkpoint.files import last_checkpoint
 from xtune.errors import XtuneError
 from xtune.registry import LOOPS
 from xtune.stages.base import objective_of
@@ -35,19 +35,9 @@ class TrainingInterrupted(XtuneError):
         self.resumable = resumable
 
 
-def kept_checkpoint(work_dir: str) -> str | None:
-    """The checkpoint ``last_checkpoint`` names, if it exists."""
-    pointer = osp.join(work_dir, "last_checkpoint")
-    if not osp.isfile(pointer):
-        return None
-    with open(pointer) as handle:
-        path = handle.read().strip()
-    return path if osp.exists(path) else None
-
-
 def nonfinite_stop(runner, what: str) -> TrainingInterrupted:
     """The error for a non-finite loss or weights: nothing of that step was saved; names what is kept."""
-    kept = kept_checkpoint(runner.work_dir)
+    kept = last_checkpoint(runner.work_dir)
     if kept:
         where = f"nothing was saved from it; the last good checkpoint, {kept}, is kept. "
         then = "then resume with --resume auto."

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from xtune.checkpoint.files import read_pointer
 from xtune.cli import main
-from xtune.engine.runner import load_checkpoint_file
+from xtune.engine.checkpointing import load_checkpoint_file
 
 # Overrides that make a run exactly reproducible by a plain PyTorch loop: fp32, constant lr, no
 # clipping, no weight decay, file order, no checkpoints but the last, no generation at the end.
@@ -82,8 +83,7 @@ def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 120.0)
 
 def last_checkpoint(work_dir: str | Path) -> dict:
     """The checkpoint ``work_dir/last_checkpoint`` names."""
-    path = (Path(work_dir) / "last_checkpoint").read_text().strip()
-    return load_checkpoint_file(path)
+    return load_checkpoint_file(read_pointer(work_dir) or str(Path(work_dir) / "last_checkpoint"))
 
 
 def final_weights(work_dir: str | Path, prefix: str = "llm.") -> dict[str, torch.Tensor]:

@@ -2,37 +2,21 @@
 
 mmengine's CheckpointHook deletes the oldest checkpoint before writing the new one, so a crash during
 the write can leave no valid checkpoint at all. Here the new checkpoint is written to a temporary name
-and renamed (by :class:`xtune.engine.runner.XtuneRunner`), ``last_checkpoint`` is replaced atomically,
+and renamed (by :mod:`xtune.engine.checkpointing`, for files and DeepSpeed folders alike),
+``last_checkpoint`` is replaced atomically (:func:`xtune.checkpoint.files.write_pointer`),
 and only then are old checkpoints removed. A state with a non-finite loss or weights is never saved,
 so ``last_checkpoint`` only ever names a finite checkpoint.
 """
 
 import math
-import os
 import os.path as osp
 
 import torch
 from mmengine.dist import all_reduce, is_distributed, is_main_process
 from mmengine.hooks import CheckpointHook
 
-from xtune.engine.runner import remove_path, write_failure
+from xtune.checkpoint.files import write_pointer
 from xtune.registry import HOOKS
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
-
-    Raises:
-        CheckpointError: The write failed (a full disk); the temporary file is removed.
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        remove_path(tmp)
-        raise write_failure(path, exc) from None
 
 
 def nonfinite_problem(runner) -> str | None:
@@ -94,7 +78,7 @@ class AtomicCheckpointHook(CheckpointHook):
         )
         if not is_main_process():
             return
-        write_atomically(osp.join(runner.work_dir, "last_checkpoint"), self.last_ckpt)
+        write_pointer(runner.work_dir, self.last_ckpt)
         for old in stale:
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
             if osp.isdir(path):

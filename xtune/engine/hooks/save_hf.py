@@ -6,6 +6,7 @@ from mmengine.dist import barrier
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from xtune.checkpoint.files import read_pointer
 from xtune.registry import HOOKS
 
 
@@ -32,7 +33,7 @@ class SaveHFHook(Hook):
         if runner.rank == 0:
             from xtune.convert.pth_to_hf import pth_to_hf
 
-            checkpoint = open(osp.join(runner.work_dir, "last_checkpoint")).read().strip()
+            checkpoint = read_pointer(runner.work_dir)
             config = osp.join(runner.work_dir, osp.basename(runner.cfg.filename))
             saved = pth_to_hf(config, checkpoint, osp.join(runner.work_dir, self.save_dir), overwrite=True)
             print_log(f"saved the trained model for Hugging Face in {saved}", logger="current")
