@@ -75,6 +75,15 @@ def main() -> None:
         print(f"round {rep} load {os.getloadavg()[0]:.1f}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in speeds.items()))
     medians = {name: statistics.median(v[1:] or v) for name, v in speeds.items()}
     print("median tokens/s: " + ", ".join(f"{name} {value:.0f}" for name, value in medians.items()))
+    # xtune over hf at the same checkpointing, round by round (rounds after the first), then the median
+    for xtune_name, hf_name in (("xtune_packed", "hf_full_rows"), ("xtune_packed_no_ckpt", "hf_full_rows_no_ckpt")):
+        if xtune_name in speeds and hf_name in speeds:
+            ratios = [x / h for x, h in zip(speeds[xtune_name], speeds[hf_name], strict=True)][1:]
+            if ratios:
+                print(
+                    f"{xtune_name} / {hf_name}: median {statistics.median(ratios):.2f}x, rounds "
+                    + ", ".join(f"{r:.2f}" for r in ratios)
+                )
 
 
 if __name__ == "__main__":
