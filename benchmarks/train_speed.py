@@ -29,7 +29,9 @@ import argparse
 import gc
 import json
 import math
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,7 @@ SWITCHES = [
     ("-compiled", {"switch_options": {"compile_layers": True}}),  # torch.compile of each decoder layer
     ("-dense_mask", {"attn": "sdpa"}),  # packed rows through sdpa's dense block-diagonal mask
     ("-ckpt_auto", {"checkpointing": "auto"}),  # checkpointing decided by the memory estimate
+    ("-loader_worker", {"switch_options": {"dataloader_num_workers": 1}}),  # batches collated in a worker process
 ]
 MODES = ("lora", "qlora", "full")
 IMPLS = ("xtune", "hf_padded", "hf_full_rows")
@@ -220,6 +223,9 @@ def _hf_model(case: dict):
         if case["mode"] == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=case["checkpointing"])
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+    # from_pretrained returns the model in eval mode, where transformers skips gradient checkpointing
+    # (and dropout): a training loop must say train(), as xtune's loop does.
+    model.train()
     return model
 
 
@@ -244,6 +250,14 @@ def _hf_batches(case: dict) -> list[dict]:
         collated = sft_collate_fn(items)
         batches.append({key: collated[key] for key in ("input_ids", "attention_mask", "labels")})
     return batches
+
+
+def checkpointing_active(causal_lm) -> bool:
+    """Whether transformers will recompute ``causal_lm``'s layers in backward: enabled and training."""
+    enabled = getattr(causal_lm, "is_activation_checkpointing", None)
+    if enabled is None:
+        enabled = causal_lm.is_gradient_checkpointing
+    return bool(enabled and causal_lm.training)
 
 
 def run_hf(case: dict) -> dict:
@@ -281,7 +295,18 @@ def run_hf(case: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    from xtune.engine.hooks.throughput import optimizer_kernel
+
+    settings = {
+        "attn_implementation": causal_lm.config._attn_implementation,
+        # what ran, not what was asked: checkpointing acts only in training mode
+        "gradient_checkpointing": bool(checkpointing_active(causal_lm)),
+        "loss_chunk_size": 0,  # transformers' full logits, every labelled position
+        "optimizer": f"AdamW ({optimizer_kernel(optimizer)})",
+        "clip_grad": {"max_norm": 1.0},
+    }
     return {
+        "settings": settings,
         "iters": case["steps"],
         "tokens": tokens,
         "seconds": seconds,
@@ -295,6 +320,10 @@ def run_hf(case: dict) -> dict:
 
 def run_case(case: dict) -> dict:
     """One case in this process."""
+    if case.get("threads"):
+        import torch
+
+        torch.set_num_threads(case["threads"])
     work = Path(case["work"])
     work.mkdir(parents=True, exist_ok=True)
     result = run_xtune(case, work) if case["impl"] == "xtune" else run_hf(case)
@@ -302,13 +331,13 @@ def run_case(case: dict) -> dict:
     return result
 
 
-def run_logged(command: list[str], log: Path, title: str) -> tuple[int, list[str]]:
+def run_logged(command: list[str], log: Path, title: str, env: dict | None = None) -> tuple[int, list[str]]:
     """Run ``command`` with its output appended to ``log`` under a ``title`` line; its status and lines."""
     with open(log, "a") as handle:
         handle.write(f"\n===== {title}\n")
         handle.flush()
         start = handle.tell()
-        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
     with open(log) as handle:
         handle.seek(start)
         return status, handle.read().splitlines()
@@ -320,7 +349,8 @@ def run_in_child(case: dict, log: Path) -> dict:
     result_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, __file__, "--case", json.dumps(case), "--result", str(result_file)]
     title = f"{case['impl']} {case['mode']} {case['seq']} {case.get('variant', '')}"
-    status, lines = run_logged(command, log, title)
+    env = {**os.environ, "OMP_NUM_THREADS": str(case["threads"])} if case.get("threads") else None
+    status, lines = run_logged(command, log, title, env)
     if status != 0 or not result_file.exists():
         errors = [line for line in lines if "error" in line.lower() and "Build settings" not in line]
         return {"error": f"exit status {status}: " + " | ".join(errors[-2:] or lines[-3:])}
@@ -328,34 +358,104 @@ def run_in_child(case: dict, log: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- report
+def _name(row: dict) -> str:
+    return row["impl"] + row.get("variant", "")
+
+
 def _baseline(rows: list[dict], row: dict, impl: str) -> dict | None:
     """The ``impl`` case of the same mode, length and round as ``row``."""
-    return next((r for r in rows if r["impl"] == impl and "error" not in r
+    return next((r for r in rows if r["impl"] == impl and not r.get("variant") and "error" not in r
                  and all(r[k] == row[k] for k in ("mode", "seq", "round"))), None)  # fmt: skip
 
 
+def round_ratio(rows: list[dict], row: dict, impl: str) -> float | None:
+    """``row``'s tokens/s over its round's ``impl`` baseline (same mode and length), or None."""
+    base = _baseline(rows, row, impl)
+    if base is None or "error" in row:
+        return None
+    return row["tokens_per_sec"] / base["tokens_per_sec"]
+
+
+def _load(row: dict) -> str:
+    return f"{row['load_before']:.1f}-{row['load_after']:.1f}" if "load_before" in row else "-"
+
+
 def table(rows: list[dict]) -> str:
-    """The rows as a fixed-width text table, with each case's ratio to both baselines of its round."""
+    """Every case of every round as a fixed-width text table, in the order they ran, with each case's
+    ratio to both baselines of its own round and the machine's 1-minute load average before and after."""
     head = f"{'mode':<6} {'seq':>6} {'#':>2} {'impl':<18} {'tokens/s':>10} {'vs padded':>9} {'vs full':>8}"
-    head += f" {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}"
+    head += f" {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'load':>9}"
     lines = [head, "-" * len(head)]
     for row in rows:
-        name = row["impl"] + row.get("variant", "")
-        start = f"{row['mode']:<6} {row['seq']:>6} {row['round']:>2} {name:<18}"
+        start = f"{row['mode']:<6} {row['seq']:>6} {row['round']:>2} {_name(row):<18}"
         if "error" in row:
             lines.append(f"{start} error: {row['error'][:200]}")
             continue
-        ratios = []
-        for impl in ("hf_padded", "hf_full_rows"):
-            base = _baseline(rows, row, impl)
-            ratios.append(f"{row['tokens_per_sec'] / base['tokens_per_sec']:.2f}x" if base else "-")
+        ratios = [round_ratio(rows, row, impl) for impl in ("hf_padded", "hf_full_rows")]
+        ratios = [f"{r:.2f}x" if r is not None else "-" for r in ratios]
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
         memory = f"{row['peak_memory_gib']:.1f}" if row.get("peak_memory_gib") is not None else "-"
         lines.append(
             f"{start} {row['tokens_per_sec']:>10,.0f} {ratios[0]:>9} {ratios[1]:>8} {row['tflops']:>8.1f} "
-            f"{mfu:>6} {memory:>9}"
+            f"{mfu:>6} {memory:>9} {_load(row):>9}"
         )
     return "\n".join(lines)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per case (mode, length, impl + variant): the median tokens/s over its rounds and the median of its
+    within-round ratios to each baseline. A ratio taken inside one round compares cases that ran minutes
+    apart under about the same load; the median over rounds drops a round that a busy spell distorted."""
+    cases: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cases.setdefault((row["mode"], row["seq"], _name(row)), []).append(row)
+    summary = []
+    for (mode, seq, name), runs in cases.items():
+        good = [r for r in runs if "error" not in r]
+        entry = {"mode": mode, "seq": seq, "case": name, "rounds": len(runs), "errors": len(runs) - len(good)}
+        if good:
+            entry["tokens_per_sec"] = statistics.median(r["tokens_per_sec"] for r in good)
+            entry["settings"] = good[0].get("settings")
+        for impl, key in (("hf_padded", "vs_padded"), ("hf_full_rows", "vs_full_rows")):
+            ratios = [r for r in (round_ratio(rows, row, impl) for row in good) if r is not None]
+            entry[key] = statistics.median(ratios) if ratios else None
+            entry[key + "_range"] = [min(ratios), max(ratios)] if ratios else None
+        summary.append(entry)
+    return summary
+
+
+def summary_table(summary: list[dict]) -> str:
+    """The medians as a fixed-width text table (ratio ranges over the rounds in brackets)."""
+
+    def ratio(entry: dict, key: str) -> str:
+        if entry[key] is None:
+            return "-"
+        low, high = entry[key + "_range"]
+        return f"{entry[key]:.2f}x [{low:.2f}-{high:.2f}]"
+
+    head = f"{'mode':<6} {'seq':>6} {'case':<18} {'rounds':>6} {'median tok/s':>12} {'vs padded':>19} {'vs full':>19}"
+    lines = [head, "-" * len(head)]
+    for e in summary:
+        speed = f"{e['tokens_per_sec']:,.0f}" if "tokens_per_sec" in e else "error"
+        lines.append(f"{e['mode']:<6} {e['seq']:>6} {e['case']:<18} {e['rounds']:>6} {speed:>12} "
+                     f"{ratio(e, 'vs_padded'):>19} {ratio(e, 'vs_full_rows'):>19}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def settings_lines(summary: list[dict]) -> str:
+    """What each case had switched on (attention, checkpointing, loss, optimizer), one line a case."""
+    lines = []
+    for e in summary:
+        settings = e.get("settings") or {}
+        lines.append(f"{e['case']:<18} " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    return "\n".join(lines)
+
+
+def rotated(cases: list, round_: int) -> list:
+    """The cases of round ``round_`` (from 1): each round starts one case later, so no case always runs
+    first (a cold page cache) or last (after the others warmed the machine up)."""
+    shift = (round_ - 1) % max(len(cases), 1)
+    return cases[shift:] + cases[:shift]
 
 
 def variants_of(args: argparse.Namespace, impls: list[str]) -> list[tuple[str, dict]]:
@@ -365,7 +465,9 @@ def variants_of(args: argparse.Namespace, impls: list[str]) -> list[tuple[str, d
         # every speed switch off: full logits, sdpa, no extra options
         variants.append(("xtune", {"loss_chunk_size": 0, "attn": "sdpa", "xtune_options": {}, "variant": "-plain"}))
     if args.switches and "xtune" in impls:
-        variants += [("xtune", {**settings, "variant": name}) for name, settings in SWITCHES]
+        chosen = None if args.switches == "all" else set(args.switches.split(","))
+        variants += [("xtune", {**settings, "variant": name}) for name, settings in SWITCHES
+                     if chosen is None or name in chosen]  # fmt: skip
     return variants + [(impl, {}) for impl in impls if impl != "xtune"]
 
 
@@ -384,9 +486,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     parser.add_argument("--compare-loss", action="store_true",
                         help="also run xtune with every speed switch off and record both loss curves")  # fmt: skip
-    parser.add_argument("--switches", action="store_true",
-                        help="also run xtune with each speed switch flipped, one at a time (SWITCHES)")  # fmt: skip
-    parser.add_argument("--repeat", type=int, default=1, help="run all cases this many times in turn")
+    parser.add_argument("--switches", nargs="?", const="all",
+                        help="also run xtune with each speed switch flipped, one at a time (SWITCHES); or only "
+                             "the named ones, e.g. --switches=-ckpt_auto,-unfused")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds: each runs every case once, starting one case later than the last")  # fmt: skip
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (and OMP_NUM_THREADS) of every case; default torch's own")  # fmt: skip
     parser.add_argument("--attn", default="auto", help="xtune's attn_implementation (auto, sdpa, flex_attention, ...)")
     parser.add_argument("--xtune-options", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more --cfg-options for the xtune cases, e.g. loss_chunk_size=2048")  # fmt: skip
@@ -408,8 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     xtune_options = parse_cfg_options(args.xtune_options)
     modes, impls = args.modes.split(","), args.impls.split(",")
     bad = [m for m in modes if m not in MODES] + [i for i in impls if i not in IMPLS]
+    bad += [n for n in (args.switches or "all").split(",") if n != "all" and n not in dict(SWITCHES)]
     if bad:
-        parser.error(f"unknown modes/impls {bad}: modes are {MODES}, impls {IMPLS}")
+        parser.error(
+            f"unknown modes/impls/switches {bad}: modes are {MODES}, impls {IMPLS}, switches {[n for n, _ in SWITCHES]}"
+        )
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     model = make_model(args.shape, cache, args.device)
@@ -420,34 +529,44 @@ def main(argv: list[str] | None = None) -> int:
         data = make_documents(cache / f"documents_{shortest}.json", args.warmup + args.steps + 2, shortest - 8)
     peak = measure_peak_tflops(args.device)
     log = cache / "bench.log"
+    cases = []
+    for seq in [int(s) for s in args.seq_lens.split(",")]:
+        for mode in modes:
+            for impl, extra in variants_of(args, impls):
+                cases.append({
+                    "impl": impl, "mode": mode, "seq": seq, "model": str(model), "data": str(data),
+                    "device": args.device, "dtype": "bf16" if args.device == "cuda" else "fp32",
+                    "data_format": "alpaca" if args.data == "alpaca" else "text",
+                    "rows_per_step": max(1, args.tokens_per_step // seq), "batch": args.batch,
+                    "steps": args.steps, "warmup": args.warmup, "checkpointing": not args.no_checkpointing,
+                    "attn": args.attn, "xtune_options": xtune_options, "threads": args.threads,
+                    "work": str(cache / "work" / f"{mode}_{seq}_{impl}{extra.get('variant', '')}"), **extra,
+                })  # fmt: skip
     rows = []
-    for round_ in range(1, args.repeat + 1):  # rounds in turn, so a busy spell slows every case alike
-        for seq in [int(s) for s in args.seq_lens.split(",")]:
-            for mode in modes:
-                for impl, extra in variants_of(args, impls):
-                    case = {
-                        "impl": impl, "mode": mode, "seq": seq, "model": str(model), "data": str(data),
-                        "device": args.device, "dtype": "bf16" if args.device == "cuda" else "fp32",
-                        "data_format": "alpaca" if args.data == "alpaca" else "text",
-                        "rows_per_step": max(1, args.tokens_per_step // seq), "batch": args.batch,
-                        "steps": args.steps, "warmup": args.warmup, "checkpointing": not args.no_checkpointing,
-                        "attn": args.attn, "xtune_options": xtune_options,
-                        "work": str(cache / "work" / f"{mode}_{seq}_{impl}{extra.get('variant', '')}"), **extra,
-                    }  # fmt: skip
-                    shutil.rmtree(case["work"], ignore_errors=True)
-                    result = run_in_child(case, log)
-                    if peak and "tflops" in result:
-                        result["mfu"] = result["tflops"] / peak
-                    rows.append({"shape": args.shape, "mode": mode, "seq": seq, "impl": impl, "round": round_,
-                                 "variant": extra.get("variant", ""), **result})  # fmt: skip
-                    print(f"[{round_}] {impl}{extra.get('variant', '')} {mode} {seq}: "
-                          f"{result.get('tokens_per_sec', result.get('error'))}", flush=True)  # fmt: skip
+    for round_ in range(1, args.repeat + 1):  # round-robin: every case once a round, a busy spell hits all alike
+        for case in rotated(cases, round_):
+            shutil.rmtree(case["work"], ignore_errors=True)
+            load_before = os.getloadavg()[0]
+            result = run_in_child(case, log)
+            if peak and "tflops" in result:
+                result["mfu"] = result["tflops"] / peak
+            rows.append({"shape": args.shape, "mode": case["mode"], "seq": case["seq"], "impl": case["impl"],
+                         "round": round_, "variant": case.get("variant", ""), "load_before": load_before,
+                         "load_after": os.getloadavg()[0], **result})  # fmt: skip
+            speed = result.get("tokens_per_sec", result.get("error"))
+            print(f"[{round_}] {_name(rows[-1])} {case['mode']} {case['seq']}: {speed} (load {_load(rows[-1])})",
+                  flush=True)  # fmt: skip
     settings = {key: value for key, value in vars(args).items() if key not in ("case", "result")}
-    report = {"shape_config": SHAPES[args.shape], "settings": settings, "peak_tflops": peak, "rows": rows}
+    summary = summarize(rows)
+    report = {"shape_config": SHAPES[args.shape], "settings": settings, "peak_tflops": peak, "cpus": os.cpu_count(),
+              "summary": summary, "rows": rows}  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"peak bf16 matmul: {peak:.0f} TFLOP/s" if peak else "peak: not measured (no GPU)")
     print(table(rows))
+    print(f"\nmedians over {args.repeat} round(s); ratios are taken within each round, then the median")
+    print(summary_table(summary))
+    print("\nwhat each case ran with:\n" + settings_lines(summary))
     return 0
 
 

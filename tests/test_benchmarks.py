@@ -47,6 +47,15 @@ def test_the_cpu_smoke_run_measures_xtune_and_both_baselines(tmp_path, capsys):
         assert rows[mode, "xtune"]["losses"] == pytest.approx(rows[mode, "xtune-plain"]["losses"], rel=1e-5)
     # the full model has more matmul parameters than what LoRA's FLOPs count (the same base)
     assert rows["full", "xtune"]["matmul_parameters"] == rows["full", "hf_padded"]["matmul_parameters"]
+    # every case ran what it says: checkpointing really on (the baselines in training mode), the loss path
+    for key, row in rows.items():
+        assert row["settings"]["gradient_checkpointing"] is True, key
+    assert rows["lora", "xtune"]["settings"]["loss_chunk_size"] == 1024
+    assert rows["lora", "xtune-plain"]["settings"]["attn_implementation"] == "sdpa"
+    assert rows["lora", "xtune"]["settings"]["optimizer"] == "AdamW (fused)"
+    assert rows["lora", "hf_padded"]["settings"]["optimizer"] == "AdamW (for-loop)"  # torch's default on a CPU
+    assert {entry["case"] for entry in report["summary"]} == {"xtune", "xtune-plain", "hf_padded", "hf_full_rows"}
+    assert all(0 <= row["load_before"] for row in report["rows"])
     assert "vs padded" in capsys.readouterr().out
 
 
@@ -87,11 +96,11 @@ def test_the_cpu_shape_records_every_speed_switch_on_and_off(tmp_path):
     assert bench.SHAPES["cpu"] == {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
                                    "num_key_value_heads": 4, "intermediate_size": 1408, "vocab_size": 3008}  # fmt: skip
     assert bench.SHAPE_DEFAULTS["cpu"]["seq_lens"] == "512" and bench.SHAPE_DEFAULTS["cpu"]["tokens_per_step"] == 4096
-    args = argparse.Namespace(compare_loss=False, switches=True)
+    args = argparse.Namespace(compare_loss=False, switches="all")
     variants = bench.variants_of(args, list(bench.IMPLS))
     assert [impl + extra.get("variant", "") for impl, extra in variants] == [
         "xtune", "xtune-no_chunk", "xtune-unfused", "xtune-compiled", "xtune-dense_mask", "xtune-ckpt_auto",
-        "hf_padded", "hf_full_rows",
+        "xtune-loader_worker", "hf_padded", "hf_full_rows",
     ]  # fmt: skip
     flipped = {
         "-no_chunk": "loss_chunk_size=0",
@@ -99,10 +108,37 @@ def test_the_cpu_shape_records_every_speed_switch_on_and_off(tmp_path):
         "-compiled": "compile_layers=True",
         "-dense_mask": "model.attn_implementation='sdpa'",
         "-ckpt_auto": "gradient_checkpointing='auto'",
+        "-loader_worker": "dataloader_num_workers=1",
     }
     base = {"model": "m", "data": "d", "dtype": "fp32", "seq": 512, "rows_per_step": 8, "checkpointing": True,
             "warmup": 1, "steps": 1, "mode": "lora"}  # fmt: skip
     defaults = bench.xtune_train_argv(base, tmp_path)
-    for _impl, extra in variants[1:6]:
+    for _impl, extra in variants[1:7]:
         argv = bench.xtune_train_argv({**base, **extra}, tmp_path)
         assert flipped[extra["variant"]] in argv and flipped[extra["variant"]] not in defaults
+
+
+def test_rounds_rotate_and_ratios_are_taken_within_each_round():
+    bench = _load_script()
+    cases = ["a", "b", "c"]
+    assert [bench.rotated(cases, r) for r in (1, 2, 3, 4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]
+    ]  # fmt: skip
+
+    def row(impl, round_, speed, variant=""):
+        return {"mode": "lora", "seq": 512, "impl": impl, "variant": variant, "round": round_, "tokens_per_sec": speed}
+
+    # round 2 ran on a machine twice as busy: every case half as fast, the ratios unchanged
+    rows = [row("xtune", 1, 300.0), row("hf_padded", 1, 200.0), row("hf_full_rows", 1, 400.0),
+            row("xtune", 2, 150.0), row("hf_padded", 2, 100.0), row("hf_full_rows", 2, 200.0),
+            row("xtune", 3, 330.0), row("hf_padded", 3, 200.0), row("hf_full_rows", 3, 300.0),
+            row("xtune", 1, 10.0, "-ckpt_auto"), {**row("xtune", 2, 0.0, "-ckpt_auto"), "error": "oom"}]  # fmt: skip
+    summary = {entry["case"]: entry for entry in bench.summarize(rows)}
+    assert summary["xtune"]["tokens_per_sec"] == 300.0  # median of 300, 150, 330
+    assert summary["xtune"]["vs_padded"] == 1.5  # median of 1.5, 1.5, 1.65
+    assert summary["xtune"]["vs_padded_range"] == [1.5, 1.65]
+    assert summary["xtune"]["vs_full_rows"] == 0.75  # median of 0.75, 0.75, 1.1
+    assert summary["hf_padded"]["vs_padded"] == 1.0
+    assert summary["xtune-ckpt_auto"]["rounds"] == 2 and summary["xtune-ckpt_auto"]["errors"] == 1
+    assert summary["xtune-ckpt_auto"]["vs_padded"] == 0.05  # its one good round, against that round's baseline
+    assert "1.50x [1.50-1.65]" in bench.summary_table(list(summary.values()))

@@ -62,6 +62,14 @@ def test_the_run_summary_counts_every_real_token_after_warmup(tmp_path, capsys):
     assert summary["tokens_per_sec"] == pytest.approx(summary["tokens"] / summary["seconds"])
     assert summary["peak_memory_gib"] is None and summary["mfu"] is None  # no GPU here
     assert f"throughput: {summary['tokens_per_sec']:,.0f} tokens/s per device" in capsys.readouterr().out
+    # what ran: auto attention on a CPU is per sample; checkpointing auto is off (a tiny step fits)
+    assert summary["settings"] == {
+        "attn_implementation": "xtune_varlen",
+        "gradient_checkpointing": False,
+        "loss_chunk_size": 1024,
+        "optimizer": "AdamW (fused)",
+        "clip_grad": None,  # max_norm None in these options
+    }
 
     assert train(LORA, tmp_path / "warm", {**options, "custom_hooks.1.warmup_iters": 2}) == 0
     warm = json.loads((tmp_path / "warm" / "throughput.json").read_text())

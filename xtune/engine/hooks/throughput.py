@@ -99,8 +99,10 @@ class ThroughputHook(Hook):
         self._summary_start: float | None = None
         self._summary_end = 0.0
         self._totals = {"iters": 0, "tokens": 0, "flops": 0.0}
+        self._settings: dict = {}
 
     def before_train(self, runner) -> None:
+        self._settings = speed_settings(runner)
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         causal_lm = model.causal_lm() if hasattr(model, "causal_lm") else None
         if causal_lm is not None:
@@ -152,6 +154,7 @@ class ThroughputHook(Hook):
             "mfu": self._totals["flops"] / seconds / self._peak if seconds and self._peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "matmul_parameters": self._params,
+            "settings": self._settings,
         }
         Path(runner.work_dir, "throughput.json").write_text(json.dumps(summary, indent=2) + "\n")
         if seconds:
@@ -161,6 +164,43 @@ class ThroughputHook(Hook):
             if summary["peak_memory_gib"] is not None:
                 line += f", peak memory {summary['peak_memory_gib']:.1f} GiB"
             print_log(line + f" (iterations after the first {self.warmup_iters})", logger="current")
+
+
+def speed_settings(runner) -> dict:
+    """What the measured run had switched on: attention, checkpointing, loss, optimizer, clipping.
+
+    Recorded beside the numbers so that a comparison says what it compared (the settings ``auto``
+    resolved to, not the config's words).
+    """
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    settings: dict = {}
+    causal_lm = model.causal_lm() if hasattr(model, "causal_lm") else None
+    if causal_lm is not None:
+        settings["attn_implementation"] = getattr(causal_lm.config, "_attn_implementation", None)
+        checkpointing = getattr(causal_lm, "is_activation_checkpointing", None)
+        settings["gradient_checkpointing"] = bool(
+            checkpointing if checkpointing is not None else causal_lm.is_gradient_checkpointing
+        )
+    if hasattr(model, "_chunkable_head"):
+        settings["loss_chunk_size"] = model.loss_chunk_size if model._chunkable_head() is not None else 0
+    wrapper = getattr(runner, "optim_wrapper", None)
+    optimizer = getattr(wrapper, "optimizer", None)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        settings["optimizer"] = f"{type(optimizer).__name__} ({optimizer_kernel(optimizer)})"
+        settings["clip_grad"] = getattr(wrapper, "clip_grad_kwargs", None) or None
+    return settings
+
+
+def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
+    """``fused``, ``foreach`` or ``for-loop``: how torch runs this optimizer's update. Unset, torch picks
+    foreach for CUDA parameters and the for-loop for CPU ones."""
+    defaults = optimizer.defaults
+    if defaults.get("fused"):
+        return "fused"
+    if defaults.get("foreach") is None:
+        cuda = any(p.is_cuda for group in optimizer.param_groups for p in group["params"])
+        return "foreach" if cuda else "for-loop"
+    return "foreach" if defaults["foreach"] else "for-loop"
 
 
 def _synchronize() -> None:
