@@ -84,6 +84,8 @@ class FinetuneModel(BaseModel):
             checked now to keep them apart (:func:`xtune.model.attention.check_packing`); None checks at
             the first packed batch.
         tokens_per_batch: Tokens of one micro-batch (batch size x max length), for ``auto`` checkpointing.
+        sequence_parallel_size: Split every row over this many ranks (Ulysses; see
+            :mod:`xtune.model.sequence_parallel`); 1 is off.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class FinetuneModel(BaseModel):
         objective: dict | None = None,
         pack_to_max_length: bool | None = None,
         tokens_per_batch: int | None = None,
+        sequence_parallel_size: int = 1,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -129,6 +132,18 @@ class FinetuneModel(BaseModel):
             )
             self.llm.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
         self.attn_implementation = choose_attention(self.llm, attn_implementation)
+        self.sequence_parallel_size = sequence_parallel_size
+        if sequence_parallel_size > 1:
+            from xtune.model import sequence_parallel
+
+            if self.objective.name not in ("sft", "pt"):
+                raise ConfigError(
+                    f"sequence_parallel_size={sequence_parallel_size} splits rows for the sft and pt stages; the "
+                    f"{self.objective.name} stage compares whole sequences. Set sequence_parallel_size=1 for it."
+                )
+            self.attn_implementation = sequence_parallel.setup(self.llm, sequence_parallel_size, attn_implementation)
+            if tokens_per_batch:
+                tokens_per_batch = -(-tokens_per_batch // sequence_parallel_size)  # each rank holds a slice
         self._packing_checked = False
         if pack_to_max_length:
             self._check_packing()

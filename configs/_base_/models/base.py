@@ -7,6 +7,9 @@ gradient_checkpointing = 'auto'  # auto = on unless a step's estimated memory wi
 # for 8192 tokens x 128k vocabulary, with their gradient) never exist at once; 0 = compute them whole.
 loss_chunk_size = 1024
 compile_layers = False  # torch.compile each decoder layer: fewer, fused kernels after a compile of ~1 minute
+# Long rows (README "Long sequences"): split every row over this many ranks (Ulysses; the data-parallel size
+# becomes ranks / sequence_parallel_size); 1 = off.
+sequence_parallel_size = 1
 
 model = dict(
     type='SupervisedFinetune',
@@ -16,6 +19,7 @@ model = dict(
     trust_remote_code='${trust_remote_code}',
     loss_chunk_size='${loss_chunk_size}',
     compile_layers='${compile_layers}',
+    sequence_parallel_size='${sequence_parallel_size}',
     objective='${objective}',  # the stage's objective: set by the dataset/stage base (sft, dpo, ...)
     # the data's packing and micro-batch size: the model checks its attention keeps packed samples apart,
     # and sizes a step's memory for gradient_checkpointing='auto'
