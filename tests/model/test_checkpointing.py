@@ -56,3 +56,56 @@ def test_the_model_follows_the_decision(tiny_llama, monkeypatch):
     monkeypatch.setattr(checkpointing, "device_memory_bytes", lambda: 64 * GIB)
     roomy = SupervisedFinetune(str(tiny_llama), finetune_type="lora", dtype="fp32", tokens_per_batch=512)
     assert not roomy.llm.is_gradient_checkpointing
+
+
+def _packed_batch() -> dict:
+    from xtune.dataset.collate import sft_collate_fn
+
+    items = [
+        {"input_ids": list(range(5, 45)), "labels": [-100] * 10 + list(range(15, 45)), "position_ids": list(range(40))},
+        {"input_ids": list(range(50, 80)), "labels": [-100] * 5 + list(range(55, 80)),
+         "position_ids": list(range(12)) + list(range(18))},
+    ]  # fmt: skip
+    return sft_collate_fn(items)
+
+
+def _loss_and_grads(model) -> tuple[float, dict]:
+    import torch
+
+    torch.manual_seed(0)
+    model.train()
+    loss = model(**_packed_batch(), mode="loss")["loss"]
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("finetune_type", ["full", "lora"])
+def test_activation_offload_keeps_loss_and_gradients(tiny_llama, monkeypatch, finetune_type):
+    import torch
+
+    options = {"finetune_type": finetune_type, "dtype": "fp32", "lora": {"lora_dropout": 0.0}}
+    plain = _loss_and_grads(SupervisedFinetune(str(tiny_llama), gradient_checkpointing=False, **options))
+    packed_shapes = []
+    original = torch.autograd.graph.save_on_cpu
+
+    class Counting(original):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            pack = self.pack_hook
+            self.pack_hook = lambda tensor: (packed_shapes.append(tuple(tensor.shape)), pack(tensor))[1]
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", Counting)
+    model = SupervisedFinetune(str(tiny_llama), activation_offload=True, **options)
+    assert model.causal_lm().is_gradient_checkpointing  # turned on by activation_offload
+    offloaded = _loss_and_grads(model)
+    # each of the 2 decoder layers' input (batch x width x hidden) went to CPU memory
+    assert packed_shapes.count((2, 40, 64)) == 2
+    assert abs(offloaded[0] - plain[0]) <= 1e-6 * abs(plain[0])
+    assert plain[1].keys() == offloaded[1].keys()
+    for name, grad in plain[1].items():
+        assert torch.allclose(offloaded[1][name], grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_activation_offload_needs_checkpointing(tiny_llama):
+    with pytest.raises(ConfigError, match="activation_offload=True .* gradient_checkpointing=False"):
+        SupervisedFinetune(str(tiny_llama), gradient_checkpointing=False, activation_offload=True)

@@ -96,6 +96,7 @@ KNOBS: dict[str, Rule] = {
     "loss_chunk_size": _ints(0),
     "compile_layers": BOOL,
     "sequence_parallel_size": _ints(1),
+    "activation_offload": BOOL,
     "name": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "author": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "skip_bad_rows": BOOL,

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from xtune.errors import ConfigError, XtuneError, model_load_problem
 from xtune.model.attention import attention_inputs, check_packing, choose_attention
-from xtune.model.checkpointing import want_checkpointing
+from xtune.model.checkpointing import offload_checkpointed_activations, want_checkpointing
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
@@ -86,6 +86,9 @@ class FinetuneModel(BaseModel):
         tokens_per_batch: Tokens of one micro-batch (batch size x max length), for ``auto`` checkpointing.
         sequence_parallel_size: Split every row over this many ranks (Ulysses; see
             :mod:`xtune.model.sequence_parallel`); 1 is off.
+        activation_offload: Keep the activations of checkpointed layers (each layer's input) in CPU memory
+            until the backward pass (:func:`xtune.model.checkpointing.offloaded_checkpoint`); turns
+            checkpointing on.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class FinetuneModel(BaseModel):
         pack_to_max_length: bool | None = None,
         tokens_per_batch: int | None = None,
         sequence_parallel_size: int = 1,
+        activation_offload: bool = False,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -147,12 +151,20 @@ class FinetuneModel(BaseModel):
         self._packing_checked = False
         if pack_to_max_length:
             self._check_packing()
-        if want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
+        if activation_offload and gradient_checkpointing is False:
+            raise ConfigError(
+                "activation_offload=True offloads the activations that gradient checkpointing keeps, but "
+                "gradient_checkpointing=False. Set gradient_checkpointing=True (or 'auto'), or activation_offload=False."
+            )
+        if activation_offload or want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":
             self._apply_freeze(freeze or {})
         elif finetune_type in ("lora", "dora", "qlora"):
             self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
+        if activation_offload:
+            offload_checkpointed_activations(self.causal_lm())
+        self.activation_offload = activation_offload
         if compile_layers:
             # Layers share their code: dynamo compiles it once for all of them (parameters are inputs).
             for layer in self.causal_lm().get_decoder().layers:

@@ -10,6 +10,9 @@ compile_layers = False  # torch.compile each decoder layer: fewer, fused kernels
 # Long rows (README "Long sequences"): split every row over this many ranks (Ulysses; the data-parallel size
 # becomes ranks / sequence_parallel_size); 1 = off.
 sequence_parallel_size = 1
+# Keep checkpointed activations (each decoder layer's input, tokens x hidden per layer) in CPU memory until the
+# backward pass: for rows whose checkpointed activations alone fill the GPU. Turns gradient checkpointing on.
+activation_offload = False
 
 model = dict(
     type='SupervisedFinetune',
@@ -20,6 +23,7 @@ model = dict(
     loss_chunk_size='${loss_chunk_size}',
     compile_layers='${compile_layers}',
     sequence_parallel_size='${sequence_parallel_size}',
+    activation_offload='${activation_offload}',
     objective='${objective}',  # the stage's objective: set by the dataset/stage base (sft, dpo, ...)
     # the data's packing and micro-batch size: the model checks its attention keeps packed samples apart,
     # and sizes a step's memory for gradient_checkpointing='auto'
