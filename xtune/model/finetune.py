@@ -154,7 +154,8 @@ class FinetuneModel(BaseModel):
         if activation_offload and gradient_checkpointing is False:
             raise ConfigError(
                 "activation_offload=True offloads the activations that gradient checkpointing keeps, but "
-                "gradient_checkpointing=False. Set gradient_checkpointing=True (or 'auto'), or activation_offload=False."
+                "gradient_checkpointing=False. Set gradient_checkpointing=True (or 'auto'), or "
+                "activation_offload=False."
             )
         if activation_offload or want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
