@@ -4,7 +4,8 @@ Every run is compared with one process that sees the same samples per micro-batc
 file order, plain SGD so the weights measure the gradients). Launches are few and combined, as 2-4 CPU
 ranks on 2 cores are slow: 2 ranks with s=2 (LoRA, unpacked rows of odd widths) also saves every step
 for the resume test; 4 ranks with s=2 (data-parallel size 2, full, packed); 2 ranks with s=2 under
-DeepSpeed ZeRO-2 (full, packed); and one resumed run.
+DeepSpeed ZeRO-2 with activation offload (so checkpointed layers recompute through the all-to-alls; full,
+packed); and one resumed run. ZeRO-3 + activation offload was checked by hand the same way (1.5e-7).
 """
 
 import shutil
@@ -106,7 +107,9 @@ def test_four_ranks_two_groups_equal_data_parallel_full_packed(runs):
 
 @pytest.mark.slow
 def test_deepspeed_zero2_with_sequence_parallel_equals_one_process_full_packed(runs):
-    work = runs.parallel("sp2_zero2_full_packed", FULL, True, 2, ["--deepspeed", "zero2"], sequence_parallel_size=2)
+    # with activation_offload (checkpointing on): the all-to-alls run again in the recompute
+    options = {"sequence_parallel_size": 2, "activation_offload": True}
+    work = runs.parallel("sp2_zero2_full_packed", FULL, True, 2, ["--deepspeed", "zero2"], **options)
     from xtune.convert.zero import load_zero_checkpoint
 
     ours = {
@@ -114,7 +117,10 @@ def test_deepspeed_zero2_with_sequence_parallel_equals_one_process_full_packed(r
         for k, v in load_zero_checkpoint((work / "last_checkpoint").read_text().strip()).items()
     }
     reference = final_weights(runs.single(FULL, True))
-    assert _reported("2 ranks s=2 ZeRO-2, full, packed", max_relative_difference(ours, reference)) < 1e-5
+    assert (
+        _reported("2 ranks s=2 ZeRO-2 + activation offload, full, packed", max_relative_difference(ours, reference))
+        < 1e-5
+    )
 
 
 @pytest.mark.slow
