@@ -109,3 +109,28 @@ def test_activation_offload_keeps_loss_and_gradients(tiny_llama, monkeypatch, fi
 def test_activation_offload_needs_checkpointing(tiny_llama):
     with pytest.raises(ConfigError, match="activation_offload=True .* gradient_checkpointing=False"):
         SupervisedFinetune(str(tiny_llama), gradient_checkpointing=False, activation_offload=True)
+
+
+@pytest.mark.parametrize("finetune_type", ["full", "lora"])
+def test_tiled_mlp_keeps_loss_gradients_and_checkpoint_keys(tiny_llama, finetune_type):
+    import torch
+
+    from xtune.model.tiling import TiledMLP
+
+    options = {"finetune_type": finetune_type, "dtype": "fp32", "lora": {"lora_dropout": 0.0}}
+    plain_model = SupervisedFinetune(str(tiny_llama), gradient_checkpointing=False, **options)
+    plain = _loss_and_grads(plain_model)
+    # 40-token rows in tiles of 16: 3 tiles, the last one short; with and without checkpointing
+    for recompute in (False, True):
+        model = SupervisedFinetune(str(tiny_llama), gradient_checkpointing=recompute, tiled_mlp=16, **options)
+        assert all(isinstance(layer.mlp, TiledMLP) for layer in model.causal_lm().get_decoder().layers)
+        assert model.state_dict().keys() == plain_model.state_dict().keys()
+        tiled = _loss_and_grads(model)
+        assert abs(tiled[0] - plain[0]) <= 1e-6 * abs(plain[0])
+        for name, grad in plain[1].items():
+            assert torch.allclose(tiled[1][name], grad, rtol=1e-5, atol=1e-7), (recompute, name)
+
+
+def test_tiled_mlp_refuses_bad_values(tiny_llama):
+    with pytest.raises(ConfigError, match="tiled_mlp must be a whole number of tokens per tile"):
+        SupervisedFinetune(str(tiny_llama), tiled_mlp=-1)

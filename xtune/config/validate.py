@@ -97,6 +97,7 @@ KNOBS: dict[str, Rule] = {
     "compile_layers": BOOL,
     "sequence_parallel_size": _ints(1),
     "activation_offload": BOOL,
+    "tiled_mlp": _ints(0),
     "name": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "author": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "skip_bad_rows": BOOL,

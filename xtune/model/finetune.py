@@ -89,6 +89,8 @@ class FinetuneModel(BaseModel):
         activation_offload: Keep the activations of checkpointed layers (each layer's input) in CPU memory
             until the backward pass (:func:`xtune.model.checkpointing.offloaded_checkpoint`); turns
             checkpointing on.
+        tiled_mlp: Run each layer's MLP over tiles of this many tokens, recomputing them in the backward
+            pass (:mod:`xtune.model.tiling`); 0 is off. One device only.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class FinetuneModel(BaseModel):
         tokens_per_batch: int | None = None,
         sequence_parallel_size: int = 1,
         activation_offload: bool = False,
+        tiled_mlp: int = 0,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -163,6 +166,12 @@ class FinetuneModel(BaseModel):
             self._apply_freeze(freeze or {})
         elif finetune_type in ("lora", "dora", "qlora"):
             self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
+        if not isinstance(tiled_mlp, int) or isinstance(tiled_mlp, bool) or tiled_mlp < 0:
+            raise ConfigError(f"tiled_mlp must be a whole number of tokens per tile (0 = off), got {tiled_mlp!r}.")
+        if tiled_mlp:
+            from xtune.model.tiling import tile_mlps
+
+            tile_mlps(self.causal_lm(), tiled_mlp)
         if activation_offload:
             offload_checkpointed_activations(self.causal_lm())
         self.activation_offload = activation_offload
