@@ -11,6 +11,7 @@ Variants (each a column of the report):
 
 - ``ckpt``: gradient checkpointing, chunked loss (``loss_chunk_size=1024``): xtune's long-row defaults.
 - ``ckpt+offload``: and ``activation_offload=True`` (each checkpointed layer's input in CPU memory).
+- ``ckpt+offload+tiled_mlp``: and ``tiled_mlp`` (each MLP over tiles of ``hidden_size`` tokens).
 - ``ckpt-full_logits``: the chunked loss off (``loss_chunk_size=0``), to show what it saves.
 - ``no_ckpt``: no checkpointing at all.
 
@@ -50,6 +51,8 @@ MODES = {"tiny": "lora", "1.5b": "lora", "8b": "qlora"}
 VARIANTS = {
     "ckpt": {"gradient_checkpointing": True},
     "ckpt+offload": {"gradient_checkpointing": True, "activation_offload": True},
+    # tiles of hidden_size tokens, as DeepSpeed's ALST does
+    "ckpt+offload+tiled_mlp": {"gradient_checkpointing": True, "activation_offload": True, "tiled_mlp": "hidden"},
     "ckpt-full_logits": {"gradient_checkpointing": True, "loss_chunk_size": 0},
     "no_ckpt": {"gradient_checkpointing": False},
 }
@@ -146,6 +149,8 @@ def measure(shape: str, variant: str, path: Path, args: argparse.Namespace) -> d
     mode = args.mode or MODES[shape]
     row = {"shape": shape, "mode": mode, "variant": variant, **VARIANTS[variant]}
     settings = {"loss_chunk_size": 1024, "activation_offload": False, **VARIANTS[variant]}
+    if settings.get("tiled_mlp") == "hidden":
+        settings["tiled_mlp"] = SHAPES[shape]["hidden_size"]
     model = FinetuneModel(
         str(path), finetune_type=mode, dtype="bf16" if args.device == "cuda" else "fp32", lora=LORA, **settings
     )

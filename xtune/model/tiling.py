@@ -1,10 +1,10 @@
 """``tiled_mlp``: each decoder layer's MLP runs over tiles of the sequence (DeepSpeed's ``TiledMLP``).
 
-At long rows the MLP's intermediate tensors (gate, up, their product: ``3 x tokens x intermediate``) are the
-largest thing a layer holds while its backward runs; for Llama-3-8B that is 172 KiB per token, 11 GiB at
-65,536 tokens. DeepSpeed's ``TiledMLP`` autograd function keeps only the MLP's input and recomputes the MLP
-tile by tile in the backward pass, so only one tile's intermediates exist at a time. The numbers are those
-of the untiled MLP (each token's MLP output depends on that token alone).
+At long rows the MLP's intermediate tensors (gate, up, the activation, their product: ``4 x tokens x
+intermediate``) are the largest thing a layer holds while its backward runs; for Llama-3-8B in bf16 that is
+112 KiB per token, 7 GiB at 65,536 tokens. DeepSpeed's ``TiledMLP`` autograd function keeps only the MLP's
+input and recomputes the MLP tile by tile in the backward pass, so only one tile's intermediates exist at a
+time. The numbers are those of the untiled MLP (each token's MLP output depends on that token alone).
 
 Each layer's ``mlp`` is replaced by :class:`TiledMLP`, a module that holds the same children under the same
 names (state-dict keys and checkpoints are unchanged) and calls the original module's own ``forward`` per
