@@ -136,6 +136,28 @@ def test_resume_under_sequence_parallel_ends_on_the_same_weights(runs):
     assert _reported("resumed at iteration 4 vs straight", difference) < 1e-6
 
 
+@pytest.mark.slow
+def test_dpo_with_sequence_parallel_equals_one_process(tiny_llama, tmp_path):
+    """Pairs split over 2 ranks: each rank sums its slice of every row's log-probs, the group adds them
+    (with a gradient), and the reference log-probs come from whole rows."""
+    import json
+
+    from xtune.paths import DATA_DIR
+
+    rows = json.loads((DATA_DIR / "preference_demo.json").read_text())[:8]
+    data = tmp_path / "pairs8.json"
+    data.write_text(json.dumps(rows))
+    options = {**_options(tiny_llama, data, False, batch_size=2), "lr": 1e-3, "max_epochs": 1}
+    options.pop("optim_wrapper.optimizer")
+    options["optim_wrapper.optimizer"] = {"_delete_": True, "type": "SGD", "lr": 0.5}
+    config = "tiny_llama_lora_dpo_preference_e3"
+    assert train(config, tmp_path / "single", options) == 0
+    train_ranks(config, tmp_path / "sp", {**options, "sequence_parallel_size": 2}, ranks=2)
+    ours, reference = final_weights(tmp_path / "sp"), final_weights(tmp_path / "single")
+    assert _reported("2 ranks s=2, DPO, LoRA", max_relative_difference(ours, reference)) < 1e-5
+    assert max(float(v.abs().max()) for k, v in ours.items() if "lora_B" in k) > 1e-4  # training moved them
+
+
 # ----------------------------------------------------------------------------------------- in-process
 def test_shards_put_back_together_are_the_batch_shifted():
     from xtune.dataset.collate import sft_collate_fn

@@ -143,10 +143,11 @@ class FinetuneModel(BaseModel):
         if sequence_parallel_size > 1:
             from xtune.model import sequence_parallel
 
-            if self.objective.name not in ("sft", "pt"):
+            if self.objective.model_kind != "causal_lm":
                 raise ConfigError(
-                    f"sequence_parallel_size={sequence_parallel_size} splits rows for the sft and pt stages; the "
-                    f"{self.objective.name} stage compares whole sequences. Set sequence_parallel_size=1 for it."
+                    f"sequence_parallel_size={sequence_parallel_size}: the {self.objective.name} stage scores each "
+                    "sequence at its last token, which a split row holds on one rank only. Set "
+                    "sequence_parallel_size=1 for it."
                 )
             self.attn_implementation = sequence_parallel.setup(self.llm, sequence_parallel_size, attn_implementation)
             if tokens_per_batch:

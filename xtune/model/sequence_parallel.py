@@ -150,6 +150,9 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     rows, width = input_ids.shape
+    num_tokens = batch.get("num_tokens")
+    if num_tokens is None:  # pair batches: right-padded rows
+        num_tokens = batch["attention_mask"].sum(dim=1)
     positions = batch.get("position_ids")
     if positions is None:
         real = batch["attention_mask"].sum(dim=1, keepdim=True)
@@ -159,7 +162,7 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
     extra = padded - width
     if extra:
         tail = positions[:, -1:] + 1 + torch.arange(extra)  # the padding tail goes on counting
-        ends_sample = batch["num_tokens"].reshape(-1, 1) >= width  # a full row: the padding is a new segment
+        ends_sample = num_tokens.reshape(-1, 1) >= width  # a full row: the padding is a new segment
         tail = torch.where(ends_sample, torch.arange(extra).expand(rows, -1), tail)
         positions = torch.cat([positions, tail], dim=1)
         input_ids = torch.cat([input_ids, input_ids.new_zeros(rows, extra)], dim=1)
@@ -169,7 +172,7 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
     if cu_seq_lens is None or extra or "position_ids" not in batch:
         cu_seq_lens = segments_from_positions(positions)
     part = slice(rank * padded // size, (rank + 1) * padded // size)
-    real = batch["num_tokens"].reshape(-1) - part.start
+    real = num_tokens.reshape(-1) - part.start
     out = {key: value for key, value in batch.items() if key not in ("labels", "attention_mask")}
     out.update(
         input_ids=input_ids[:, part].contiguous(),
@@ -179,6 +182,21 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
         num_tokens=real.clamp(0, padded // size),  # real tokens in this slice (a prefix of it)
     )
     return out
+
+
+def sum_over_group(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over this rank's sequence-parallel group (per-row sums of the slices), with a
+    gradient: the backward sums the group's gradients, which the loop's unit count (each pair counted
+    once per rank of the group) divides back out."""
+    import torch.distributed.nn.functional as distributed
+
+    return distributed.all_reduce(tensor, group=_State.group)
+
+
+def unsharded(collate_fn):
+    """The collate function under :class:`ShardingCollate`, for passes over whole rows on every rank
+    (reference log-probs)."""
+    return collate_fn.collate_fn if isinstance(collate_fn, ShardingCollate) else collate_fn
 
 
 class ShardingCollate:
@@ -191,7 +209,7 @@ class ShardingCollate:
         batch = self.collate_fn(items)
         if "labels" not in batch or "input_ids" not in batch:
             raise ConfigError(
-                f"sequence_parallel_size={self.size} splits rows of token ids and labels (the sft and pt stages); "
+                f"sequence_parallel_size={self.size} splits rows of token ids and labels; "
                 f"this stage's batches hold {sorted(batch)}. Set sequence_parallel_size=1 for it."
             )
         return shard_batch(batch, self.rank, self.size)
