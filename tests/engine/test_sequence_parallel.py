@@ -5,7 +5,8 @@ file order, plain SGD so the weights measure the gradients). Launches are few an
 ranks on 2 cores are slow: 2 ranks with s=2 (LoRA, unpacked rows of odd widths) also saves every step
 for the resume test; 4 ranks with s=2 (data-parallel size 2, full, packed); 2 ranks with s=2 under
 DeepSpeed ZeRO-2 with activation offload (so checkpointed layers recompute through the all-to-alls; full,
-packed); and one resumed run. ZeRO-3 + activation offload was checked by hand the same way (1.5e-7).
+packed); DPO with LoRA; and one resumed run. ZeRO-3 + activation offload was checked by hand the same way
+(1.5e-7).
 """
 
 import shutil
@@ -94,6 +95,15 @@ def test_two_ranks_sharing_each_sequence_equal_one_process_lora_unpacked(runs):
     assert set(ours) == set(reference) and all("lora_" in key for key in ours)
     assert _reported("2 ranks s=2, LoRA, unpacked", max_relative_difference(ours, reference)) < 1e-5
     assert max(float(v.abs().max()) for k, v in ours.items() if "lora_B" in k) > 1e-3  # training moved them
+    # a checkpoint trained under sequence parallelism converts in one process
+    from safetensors.torch import load_file
+
+    from xtune.convert.pth_to_hf import pth_to_hf
+
+    work = runs.lora_unpacked()
+    saved = pth_to_hf(work / f"{LORA}.py", (work / "last_checkpoint").read_text().strip(), runs.root / "hf")
+    adapter = load_file(saved / "adapter_model.safetensors")
+    assert {k.replace(".weight", ".default.weight"): v for k, v in adapter.items()}.keys() == ours.keys()
 
 
 @pytest.mark.slow
