@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_context.py"
 
 
@@ -30,6 +32,7 @@ def test_the_search_doubles_then_bisects_to_the_resolution(monkeypatch):
     assert bench.longest(None, None, "cpu", start=1024, max_len=3000, resolution=512) == (3000, None)
 
 
+@pytest.mark.slow
 def test_the_cpu_smoke_run_trains_every_variant(tmp_path, capsys):
     bench = _load()
     out = tmp_path / "long.json"

@@ -134,3 +134,15 @@ def test_tiled_mlp_keeps_loss_gradients_and_checkpoint_keys(tiny_llama, finetune
 def test_tiled_mlp_refuses_bad_values(tiny_llama):
     with pytest.raises(ConfigError, match="tiled_mlp must be a whole number of tokens per tile"):
         SupervisedFinetune(str(tiny_llama), tiled_mlp=-1)
+
+
+def test_tiled_mlp_is_refused_under_data_parallelism(tiny_llama, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from xtune.model.tiling import tile_mlps
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    with pytest.raises(ConfigError, match=r"tiled_mlp=512 is for training on one device.*Set tiled_mlp=0"):
+        tile_mlps(AutoModelForCausalLM.from_pretrained(tiny_llama), 512)
