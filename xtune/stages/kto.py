@@ -42,7 +42,9 @@ class KTOObjective(PairObjective):
         self.chosen_weight, self.rejected_weight = float(kto_chosen_weight), float(kto_rejected_weight)
 
     def units(self, batch: dict) -> int:
-        return int(batch["index"].numel())
+        from xtune.model.sequence_parallel import counts_once
+
+        return int(batch["index"].numel()) if counts_once(batch) else 0  # split rows: once per group
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor:
         """``(B, 2)``: the completion's and the mismatched completion's log-prob sums."""
