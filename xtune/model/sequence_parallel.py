@@ -184,39 +184,13 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
     return out
 
 
-class _GroupSum(torch.autograd.Function):
-    """All-reduce (sum) over the sequence-parallel group; the gradient passes straight through.
-
-    Every rank of the group computes the same loss from the sums, so each rank's loss sends the slice it
-    holds the gradient of the sums once; summed over the group (DDP/ZeRO) that is the gradient of one
-    copy of the loss. (``torch.distributed.nn``'s all-reduce would all-reduce the gradient as well: ``s``
-    copies.)
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        total = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(total, group=_State.group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
 def sum_over_group(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of ``tensor`` (per-row sums of the slices) over this rank's sequence-parallel group."""
-    return _GroupSum.apply(tensor)
+    """Sum of ``tensor`` over this rank's sequence-parallel group (per-row sums of the slices), with a
+    gradient: the backward sums the group's gradients, which the loop's unit count (each pair counted
+    once per rank of the group) divides back out."""
+    import torch.distributed.nn.functional as distributed
 
-
-def counts_once(batch: dict) -> bool:
-    """Whether this rank counts a whole-sequence unit (a pair) of ``batch``: every rank does without
-    sequence parallelism; under it, only the first rank of each group, so each pair counts once."""
-    import torch.distributed as dist
-
-    return "shift_labels" not in batch or _State.group is None or dist.get_rank(_State.group) == 0
+    return distributed.all_reduce(tensor, group=_State.group)
 
 
 def unsharded(collate_fn):

@@ -42,9 +42,7 @@ class KTOObjective(PairObjective):
         self.chosen_weight, self.rejected_weight = float(kto_chosen_weight), float(kto_rejected_weight)
 
     def units(self, batch: dict) -> int:
-        from xtune.model.sequence_parallel import counts_once
-
-        return int(batch["index"].numel()) if counts_once(batch) else 0  # split rows: once per group
+        return int(batch["index"].numel())
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor:
         """``(B, 2)``: the completion's and the mismatched completion's log-prob sums."""

@@ -60,9 +60,7 @@ class PairObjective(Objective):
     unit = "pairs"
 
     def units(self, batch: dict) -> int:
-        from xtune.model.sequence_parallel import counts_once
-
-        return int(batch["index"].numel()) if counts_once(batch) else 0  # split rows: once per group
+        return int(batch["index"].numel())
 
     def sample_lengths(self, batch: dict) -> list[int]:
         if "attention_mask" not in batch:  # a sequence-parallel slice: its real tokens
