@@ -166,6 +166,9 @@ def test_dpo_with_sequence_parallel_equals_one_process(tiny_llama, tmp_path):
     ours, reference = final_weights(tmp_path / "sp"), final_weights(tmp_path / "single")
     assert _reported("2 ranks s=2, DPO, LoRA", max_relative_difference(ours, reference)) < 1e-5
     assert max(float(v.abs().max()) for k, v in ours.items() if "lora_B" in k) > 1e-4  # training moved them
+    # each pair counted once per group: the logged loss is that of the same pairs in one process
+    logged = json.loads((tmp_path / "sp" / "loss.json").read_text())["loss"]
+    assert logged == pytest.approx(json.loads((tmp_path / "single" / "loss.json").read_text())["loss"], rel=1e-4)
 
 
 # ----------------------------------------------------------------------------------------- in-process

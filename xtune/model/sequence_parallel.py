@@ -185,9 +185,14 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
 
 
 def sum_over_group(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of ``tensor`` over this rank's sequence-parallel group (per-row sums of the slices), with a
-    gradient: the backward sums the group's gradients, which the loop's unit count (each pair counted
-    once per rank of the group) divides back out."""
+    """Sum of ``tensor`` (per-row sums of the slices) over this rank's sequence-parallel group.
+
+    Every rank of a group then computes the same whole-sequence loss (DPO, KTO, ...). The accounting: each
+    rank counts the batch's pairs, so the loop's all-reduced count is ``s`` times the step's pairs and each
+    rank's loss is ``1/s`` of that batch's (the loss logged is that of one process); the backward of this
+    all-reduce sums the group's gradients, ``s`` copies, which makes the step's gradient whole again
+    (tests/engine/test_sequence_parallel.py checks weights and logged losses against one process).
+    """
     import torch.distributed.nn.functional as distributed
 
     return distributed.all_reduce(tensor, group=_State.group)
