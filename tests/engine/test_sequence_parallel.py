@@ -9,6 +9,7 @@ packed); DPO with LoRA; and one resumed run. ZeRO-3 + activation offload was che
 (1.5e-7).
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def test_two_ranks_sharing_each_sequence_equal_one_process_lora_unpacked(runs):
     assert set(ours) == set(reference) and all("lora_" in key for key in ours)
     assert _reported("2 ranks s=2, LoRA, unpacked", max_relative_difference(ours, reference)) < 1e-5
     assert max(float(v.abs().max()) for k, v in ours.items() if "lora_B" in k) > 1e-3  # training moved them
+    # the logged loss is the group's mean: what one process logs for the same rows
+    logged = json.loads((runs.lora_unpacked() / "loss.json").read_text())["loss"]
+    assert logged == pytest.approx(json.loads((runs.single(LORA, False) / "loss.json").read_text())["loss"], rel=1e-4)
     # a checkpoint trained under sequence parallelism converts in one process
     from safetensors.torch import load_file
 
@@ -150,8 +154,6 @@ def test_resume_under_sequence_parallel_ends_on_the_same_weights(runs):
 def test_dpo_with_sequence_parallel_equals_one_process(tiny_llama, tmp_path):
     """Pairs split over 2 ranks: each rank sums its slice of every row's log-probs, the group adds them
     (with a gradient), and the reference log-probs come from whole rows."""
-    import json
-
     from xtune.paths import DATA_DIR
 
     rows = json.loads((DATA_DIR / "preference_demo.json").read_text())[:8]

@@ -198,6 +198,20 @@ def sum_over_group(tensor: torch.Tensor) -> torch.Tensor:
     return distributed.all_reduce(tensor, group=_State.group)
 
 
+def group_mean_value(loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` with the value of its mean over the group and its own gradient.
+
+    A slice's token-loss share says little on its own (one slice may hold only a prompt); the mean over the
+    group is what a rank of plain data parallelism logs for the same rows. Every rank of a group then also
+    sees the same value, so a non-finite loss stops them all at the same step.
+    """
+    import torch.distributed as dist
+
+    total = loss.detach().clone()
+    dist.all_reduce(total, group=_State.group)
+    return loss + (total / _State.size - loss.detach())
+
+
 def unsharded(collate_fn):
     """The collate function under :class:`ShardingCollate`, for passes over whole rows on every rank
     (reference log-probs)."""

@@ -60,7 +60,12 @@ class SFTObjective(Objective):
         else:
             logits = model.llm(**inputs, use_cache=False).logits
             loss_sum, count = shifted_token_loss_sum(logits, labels, shifted=shifted)
-        return {"loss": self._scale(loss_sum, count, loss_scale)}
+        loss = self._scale(loss_sum, count, loss_scale)
+        if shifted:  # a sequence-parallel slice: log (and check) the group's mean, train on the slice's own
+            from xtune.model.sequence_parallel import group_mean_value
+
+            loss = group_mean_value(loss)
+        return {"loss": loss}
 
 
 @OBJECTIVES.register_module(name="pt")
