@@ -10,3 +10,4 @@ batch_size = 1  # per data-parallel group: one 32k row
 accumulative_counts = 8  # 8 rows of 32k: ~256k tokens per optimizer step
 max_epochs = 1
 gradient_checkpointing = True  # a 32k row's activations are ~100 GiB without it
+evaluation_inputs = []  # LongAlpaca asks about long documents: no short prompt stands for its data
