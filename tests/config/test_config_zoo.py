@@ -53,9 +53,15 @@ DATASETS = {
     "preference": "preference_demo",
     "orca_pairs": "orca_dpo_pairs",
     "kto_demo": "kto_demo",
+    "longalpaca": "longalpaca",
 }
 # shipped data of the same format
-HUB_STAND_INS = {"alpaca": "alpaca_demo", "alpaca_zh": "alpaca_demo", "orca_dpo_pairs": "preference_demo"}
+HUB_STAND_INS = {
+    "alpaca": "alpaca_demo",
+    "alpaca_zh": "alpaca_demo",
+    "orca_dpo_pairs": "preference_demo",
+    "longalpaca": "alpaca_demo",
+}
 # The algorithm part is the finetune type, then the stage unless it is SFT/PT: lora_dpo, full_rm, ...
 NAME = re.compile(
     r"^(?P<model>\w+?)_(?P<algo>full|freeze|lora|qlora|dora)(?:_(?P<stage>dpo|orpo|simpo|kto|rm))?"
@@ -152,6 +158,22 @@ def test_config_agrees_with_its_name_family_and_template(path):
             assert isinstance(cfg.model.lora.target_modules, list)
     assert cfg.optim_wrapper.optimizer.lr == cfg.lr
     assert cfg.train_dataloader.batch_size == cfg.batch_size
+    # the knob reaches the model (attention, head checks) and the loop (sampler, sharding)
+    assert cfg.model.sequence_parallel_size == cfg.train_cfg.sequence_parallel_size == cfg.sequence_parallel_size
+    if match["data"] == "longalpaca":
+        assert cfg.max_length == 32768 and cfg.pack_to_max_length and cfg.gradient_checkpointing is True
+
+
+def test_every_family_with_long_context_has_a_longalpaca_config():
+    long = {_family(p) for p in ZOO if "_longalpaca_" in p.stem}
+    assert {"qwen2_5", "qwen3", "llama3"} <= long
+
+
+def test_sequence_parallel_size_given_as_an_option_reaches_model_and_loop():
+    cfg = load_config("qwen2_5_7b_instruct_qlora_longalpaca_e1", {"sequence_parallel_size": 4})
+    assert cfg.model.sequence_parallel_size == cfg.train_cfg.sequence_parallel_size == 4
+    with pytest.raises(XtuneError, match=r"sequence_parallel_size=0: expected a whole number >= 1"):
+        load_config("qwen2_5_7b_instruct_qlora_longalpaca_e1", {"sequence_parallel_size": 0})
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

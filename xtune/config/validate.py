@@ -96,6 +96,9 @@ KNOBS: dict[str, Rule] = {
     "gradient_checkpointing": Rule(lambda v: isinstance(v, bool) or v == "auto", "True, False or 'auto'"),
     "loss_chunk_size": _ints(0),
     "compile_layers": BOOL,
+    "sequence_parallel_size": _ints(1),
+    "activation_offload": BOOL,
+    "tiled_mlp": _ints(0),
     "name": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "author": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "skip_bad_rows": BOOL,
@@ -159,7 +162,7 @@ TYPELESS_KEYS: dict[str, Callable[[], set[str]]] = {
 # Arguments known to be accepted by the shipped types, so that the common options need no import of the
 # class (seconds); any other new key is looked up in the class's signature. A test keeps these true.
 KNOWN_ARGUMENTS: dict[str, set[str]] = {
-    "train_cfg": {"max_epochs", "max_iters", "nonfinite", "val_begin", "val_interval"},
+    "train_cfg": {"max_epochs", "max_iters", "nonfinite", "val_begin", "val_interval", "sequence_parallel_size"},
 }
 
 

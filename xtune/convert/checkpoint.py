@@ -196,6 +196,8 @@ def build_trained_model(
         settings["dtype"] = dtype
     # Gradient checkpointing only matters for training; it would also switch the KV cache off.
     settings["gradient_checkpointing"] = False
+    # How training split and stored its activations: one process generates and converts on whole rows.
+    settings.update(sequence_parallel_size=1, activation_offload=False, tiled_mlp=0)
     # SupervisedFinetune logs its parameter counts, a training-time message; chat and convert keep
     # stdout for their own output.
     logger = MMLogger.get_current_instance()

@@ -104,6 +104,8 @@ class TrainLoop(IterBasedTrainLoop):
         val_interval: See ``IterBasedTrainLoop``.
         nonfinite: On a NaN/Inf loss, ``stop`` (save nothing, keep the last good checkpoint, raise) or
             ``skip`` (drop that optimizer step and go on).
+        sequence_parallel_size: Ranks that share each micro-batch, each training its slice of every row
+            (:func:`xtune.model.sequence_parallel.adapt_dataloader`); 1 is plain data parallel.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class TrainLoop(IterBasedTrainLoop):
         val_begin: int = 1,
         val_interval: int = 10**9,
         nonfinite: str = "stop",
+        sequence_parallel_size: int = 1,
     ) -> None:
         if nonfinite not in ("stop", "skip"):
             raise XtuneError(f"train_cfg.nonfinite must be 'stop' or 'skip', got '{nonfinite}'.")
@@ -122,6 +125,10 @@ class TrainLoop(IterBasedTrainLoop):
         if isinstance(dataloader, dict):
             diff_rank_seed = runner._randomness_cfg.get("diff_rank_seed", False)
             dataloader = runner.build_dataloader(dataloader, seed=runner.seed, diff_rank_seed=diff_rank_seed)
+        if sequence_parallel_size > 1:
+            from xtune.model.sequence_parallel import adapt_dataloader
+
+            dataloader = adapt_dataloader(dataloader, sequence_parallel_size)
         if (max_epochs is None) == (max_iters is None):
             raise XtuneError("train_cfg needs exactly one of max_epochs and max_iters.")
         if len(dataloader) == 0:

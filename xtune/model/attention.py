@@ -32,9 +32,11 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from xtune.errors import ConfigError
 
 VARLEN = "xtune_varlen"
+# xtune's implementations that read cu_seq_lens (xtune_ulysses: sequence parallelism, over xtune_varlen)
+SEGMENT_READERS = frozenset({VARLEN, "xtune_ulysses"})
 # Implementations whose masking keeps packed samples apart when the model uses transformers' interface.
 HONOURS_PACKING = frozenset(
-    {VARLEN, "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4"}
+    {*SEGMENT_READERS, "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4"}
 )
 
 
@@ -214,18 +216,18 @@ def attention_inputs(
     """
     if cu_seq_lens is None and position_ids is not None and attention_mask is None:
         cu_seq_lens = segments_from_positions(position_ids)
-    elif cu_seq_lens is None and attention_mask is not None and implementation == VARLEN:
+    elif cu_seq_lens is None and attention_mask is not None and implementation in SEGMENT_READERS:
         cu_seq_lens = segments_from_right_padding(attention_mask)
-    reads_segments = implementation == VARLEN or implementation.startswith("flash_attention")
+    reads_segments = implementation in SEGMENT_READERS or implementation.startswith("flash_attention")
     if cu_seq_lens is None or not reads_segments:
         return {"attention_mask": attention_mask, "position_ids": position_ids}
     inputs = {"position_ids": position_ids, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens}
-    if implementation == VARLEN:
+    if implementation in SEGMENT_READERS:
         # An all-true padding mask lets transformers skip building a mask (sdpa's causal skip); padding
         # is a segment of its own, so nothing needs masking.
         width = (position_ids if position_ids is not None else attention_mask).shape
         inputs["attention_mask"] = torch.ones(width, dtype=torch.bool, device=cu_seq_lens.device)
-    if cu_seq_lens.is_cuda or implementation != VARLEN:  # kernels need the longest segment (one host sync)
+    if cu_seq_lens.is_cuda or implementation not in SEGMENT_READERS:  # kernels need the longest segment (one host sync)
         longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
         inputs["max_length_q"] = inputs["max_length_k"] = longest
     return inputs

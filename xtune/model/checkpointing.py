@@ -76,3 +76,24 @@ def want_checkpointing(setting: bool | str, model, finetune_type: str, tokens_pe
         logger="current",
     )
     return on
+
+
+def offloaded_checkpoint(function, *args, **kwargs):
+    """``torch.utils.checkpoint.checkpoint`` whose saved tensors (a checkpointed layer keeps only its inputs,
+    ``tokens x hidden`` per layer) wait for the backward pass in CPU memory.
+
+    transformers' ``activation_checkpointing_enable(offload=True)`` does the same with pinned memory always,
+    which fails on a machine without an accelerator; here memory is pinned only where CUDA is. The numbers
+    are unchanged: the tensors come back bit for bit.
+    """
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+
+def offload_checkpointed_activations(causal_lm) -> None:
+    """Make the checkpointed layers of ``causal_lm`` run through :func:`offloaded_checkpoint`.
+
+    Called once the model is final: peft's ``prepare_model_for_kbit_training`` (QLoRA) re-enables plain
+    checkpointing.
+    """
+    causal_lm._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=offloaded_checkpoint)

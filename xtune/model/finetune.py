@@ -22,7 +22,7 @@ from xtune.hf.dtypes import resolve_dtype
 from xtune.hf.load import load_model
 from xtune.hf.quantization import bnb_config
 from xtune.model.attention import attention_inputs, check_packing, choose_attention
-from xtune.model.checkpointing import want_checkpointing
+from xtune.model.checkpointing import offload_checkpointed_activations, want_checkpointing
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
@@ -75,6 +75,13 @@ class FinetuneModel(BaseModel):
             checked now to keep them apart (:func:`xtune.model.attention.check_packing`); None checks at
             the first packed batch.
         tokens_per_batch: Tokens of one micro-batch (batch size x max length), for ``auto`` checkpointing.
+        sequence_parallel_size: Split every row over this many ranks (Ulysses; see
+            :mod:`xtune.model.sequence_parallel`); 1 is off.
+        activation_offload: Keep the activations of checkpointed layers (each layer's input) in CPU memory
+            until the backward pass (:func:`xtune.model.checkpointing.offloaded_checkpoint`); turns
+            checkpointing on.
+        tiled_mlp: Run each layer's MLP over tiles of this many tokens, recomputing them in the backward
+            pass (:mod:`xtune.model.tiling`); 0 is off. One device only.
     """
 
     def __init__(
@@ -93,6 +100,9 @@ class FinetuneModel(BaseModel):
         objective: dict | None = None,
         pack_to_max_length: bool | None = None,
         tokens_per_batch: int | None = None,
+        sequence_parallel_size: int = 1,
+        activation_offload: bool = False,
+        tiled_mlp: int = 0,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -122,15 +132,43 @@ class FinetuneModel(BaseModel):
         )
         self.llm.config.use_cache = False
         self.attn_implementation = choose_attention(self.llm, attn_implementation)
+        self.sequence_parallel_size = sequence_parallel_size
+        if sequence_parallel_size > 1:
+            from xtune.model import sequence_parallel
+
+            if self.objective.model_kind != "causal_lm":
+                raise ConfigError(
+                    f"sequence_parallel_size={sequence_parallel_size}: the {self.objective.name} stage scores each "
+                    "sequence at its last token, which a split row holds on one rank only. Set "
+                    "sequence_parallel_size=1 for it."
+                )
+            self.attn_implementation = sequence_parallel.setup(self.llm, sequence_parallel_size, attn_implementation)
+            if tokens_per_batch:
+                tokens_per_batch = -(-tokens_per_batch // sequence_parallel_size)  # each rank holds a slice
         self._packing_checked = False
         if pack_to_max_length:
             self._check_packing()
-        if want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
+        if activation_offload and gradient_checkpointing is False:
+            raise ConfigError(
+                "activation_offload=True offloads the activations that gradient checkpointing keeps, but "
+                "gradient_checkpointing=False. Set gradient_checkpointing=True (or 'auto'), or "
+                "activation_offload=False."
+            )
+        if activation_offload or want_checkpointing(gradient_checkpointing, self.llm, finetune_type, tokens_per_batch):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":
             self._apply_freeze(freeze or {})
         elif finetune_type in ("lora", "dora", "qlora"):
             self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
+        if not isinstance(tiled_mlp, int) or isinstance(tiled_mlp, bool) or tiled_mlp < 0:
+            raise ConfigError(f"tiled_mlp must be a whole number of tokens per tile (0 = off), got {tiled_mlp!r}.")
+        if tiled_mlp:
+            from xtune.model.tiling import tile_mlps
+
+            tile_mlps(self.causal_lm(), tiled_mlp)
+        if activation_offload:
+            offload_checkpointed_activations(self.causal_lm())
+        self.activation_offload = activation_offload
         if compile_layers:
             # Layers share their code: dynamo compiles it once for all of them (parameters are inputs).
             for layer in self.causal_lm().get_decoder().layers:

@@ -18,15 +18,20 @@ import torch.nn.functional as F
 from xtune.dataset.encode import IGNORE_INDEX
 
 
-def shifted_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def shifted_token_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, shifted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of next-token cross-entropy over trained positions, and their count.
 
     Args:
         logits: ``(batch, seq, vocab)``.
         labels: ``(batch, seq)``, unshifted, -100 where not trained.
+        shifted: ``labels`` are already the next tokens (``labels[i]`` is the target at position ``i``,
+            as in a sequence-parallel slice, whose last position's target lies on the next rank).
     """
-    shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1)).float()
-    shift_labels = labels[:, 1:].reshape(-1)
+    cut = None if shifted else -1
+    shift_logits = logits[:, :cut, :].reshape(-1, logits.size(-1)).float()
+    shift_labels = (labels if shifted else labels[:, 1:]).reshape(-1)
     loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (shift_labels != IGNORE_INDEX).sum()
 
@@ -37,6 +42,7 @@ def chunked_token_loss_sum(
     labels: torch.Tensor,
     chunk_size: int = 1024,
     softcap: float | None = None,
+    shifted: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`shifted_token_loss_sum` of ``hidden @ weight.T``, without materialising those logits.
 
@@ -46,12 +52,14 @@ def chunked_token_loss_sum(
         labels: ``(batch, seq)``, unshifted, -100 where not trained.
         chunk_size: Token rows of logits computed at a time.
         softcap: Final logit soft-capping (``softcap * tanh(logits / softcap)``, Gemma 2), or None.
+        shifted: ``labels`` are already the next tokens (see :func:`shifted_token_loss_sum`).
 
     Returns:
         The summed loss (fp32 scalar) and the number of trained tokens.
     """
-    shift_hidden = hidden[:, :-1, :].reshape(-1, hidden.size(-1))
-    shift_labels = labels[:, 1:].reshape(-1)
+    cut = None if shifted else -1
+    shift_hidden = hidden[:, :cut, :].reshape(-1, hidden.size(-1))
+    shift_labels = (labels if shifted else labels[:, 1:]).reshape(-1)
     trained = shift_labels != IGNORE_INDEX
     # Rows that train nothing need no logits at all: prompts are often half of every sample.
     rows = trained.nonzero().squeeze(1)

@@ -16,15 +16,18 @@ from xtune.stages.base import Objective
 from xtune.stages.losses import PREF_LOSSES, dpo_losses, orpo_odds_losses, simpo_losses
 
 
-def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logps_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, shifted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sums of next-token log-probs over trained positions, and their counts.
 
     Args:
         logits: ``(rows, seq, vocab)``.
         labels: ``(rows, seq)``, unshifted, -100 where not trained.
+        shifted: ``labels`` are already the next tokens (a sequence-parallel slice's ``shift_labels``).
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
+    shift_logits = logits.float() if shifted else logits[:, :-1, :].float()
+    shift_labels = labels if shifted else labels[:, 1:]
     trained = shift_labels != IGNORE_INDEX
     log_probs = torch.log_softmax(shift_logits, dim=-1)
     token = torch.gather(log_probs, 2, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -32,7 +35,16 @@ def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
 
 def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row response log-prob sums and trained-token counts of a padded batch, one forward pass."""
+    """Per-row response log-prob sums and trained-token counts of a padded batch, one forward pass.
+
+    A sequence-parallel slice (``shift_labels``) sums its part of every row, then the group's parts.
+    """
+    if "shift_labels" in batch:
+        from xtune.model.sequence_parallel import sum_over_group
+
+        logits = model.llm(**model.model_inputs(batch), use_cache=False).logits
+        logps, counts = logps_from_logits(logits, batch["shift_labels"], shifted=True)
+        return sum_over_group(logps), sum_over_group(counts)
     logits = model.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return logps_from_logits(logits, batch["labels"])
 
@@ -51,6 +63,8 @@ class PairObjective(Objective):
         return int(batch["index"].numel())
 
     def sample_lengths(self, batch: dict) -> list[int]:
+        if "attention_mask" not in batch:  # a sequence-parallel slice: its real tokens
+            return [int(n) for n in batch["num_tokens"].tolist()]
         return [int(n) for n in batch["attention_mask"].sum(1).tolist()]
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor:

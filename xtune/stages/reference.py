@@ -31,7 +31,10 @@ def _inner(model):
 def compute_reference(runner, objective) -> torch.Tensor:
     """The reference table of the runner's training data, computed with the current weights."""
     loader = runner.train_dataloader
-    dataset, collate = loader.dataset, loader.collate_fn
+    from xtune.model.sequence_parallel import unsharded
+
+    # whole rows on every rank, also under sequence parallelism (each rank has its own share of the data here)
+    dataset, collate = loader.dataset, unsharded(loader.collate_fn)
     batch_size = loader.batch_size or 1
     model = _inner(runner.model)
     rank, world = get_rank(), get_world_size()

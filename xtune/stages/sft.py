@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from xtune.dataset.collate import count_trained_tokens
+from xtune.dataset.encode import IGNORE_INDEX
 from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
 from xtune.registry import OBJECTIVES
 from xtune.stages.base import Objective
@@ -22,7 +23,8 @@ def packed_sample_lengths(batch: dict) -> list[int]:
         return [int(n) for n in rows]
     lengths = []
     for positions, real in zip(batch["position_ids"], rows, strict=True):
-        starts = (positions[: int(real)] == 0).nonzero().squeeze(1).tolist() + [int(real)]
+        # a sequence-parallel slice may begin inside a sample: its first token starts a piece too
+        starts = sorted({0, *(positions[: int(real)] == 0).nonzero().squeeze(1).tolist()}) + [int(real)]
         lengths += [end - start for start, end in zip(starts, starts[1:], strict=False) if end > start]
     return lengths
 
@@ -35,6 +37,8 @@ class SFTObjective(Objective):
     unit = "tokens"
 
     def units(self, batch: dict) -> int:
+        if "shift_labels" in batch:  # a sequence-parallel slice: its targets, already shifted
+            return int((batch["shift_labels"] != IGNORE_INDEX).sum())
         return count_trained_tokens(batch["labels"])
 
     def sample_lengths(self, batch: dict) -> list[int]:
@@ -42,17 +46,26 @@ class SFTObjective(Objective):
 
     def compute(self, model, batch: dict, loss_scale: float | None) -> dict[str, torch.Tensor]:
         inputs = model.model_inputs(batch)  # the attention path the builder chose (packed rows: per sample)
-        labels = batch["labels"]
+        # sequence-parallel slices carry shift_labels: targets shifted before the row was cut
+        shifted = "shift_labels" in batch
+        labels = batch["shift_labels"] if shifted else batch["labels"]
         head = model._chunkable_head()  # the builder decides whether the chunked loss applies
         if head is not None:
             causal_lm = model.causal_lm()
             hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
             softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-            loss_sum, count = chunked_token_loss_sum(hidden, head.weight, labels, model.loss_chunk_size, softcap)
+            loss_sum, count = chunked_token_loss_sum(
+                hidden, head.weight, labels, model.loss_chunk_size, softcap, shifted=shifted
+            )
         else:
             logits = model.llm(**inputs, use_cache=False).logits
-            loss_sum, count = shifted_token_loss_sum(logits, labels)
-        return {"loss": self._scale(loss_sum, count, loss_scale)}
+            loss_sum, count = shifted_token_loss_sum(logits, labels, shifted=shifted)
+        loss = self._scale(loss_sum, count, loss_scale)
+        if shifted:  # a sequence-parallel slice: log (and check) the group's mean, train on the slice's own
+            from xtune.model.sequence_parallel import group_mean_value
+
+            loss = group_mean_value(loss)
+        return {"loss": loss}
 
 
 @OBJECTIVES.register_module(name="pt")

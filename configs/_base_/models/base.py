@@ -7,6 +7,15 @@ gradient_checkpointing = 'auto'  # auto = on unless a step's estimated memory wi
 # for 8192 tokens x 128k vocabulary, with their gradient) never exist at once; 0 = compute them whole.
 loss_chunk_size = 1024
 compile_layers = False  # torch.compile each decoder layer: fewer, fused kernels after a compile of ~1 minute
+# Long rows (README "Long sequences"): split every row over this many ranks (Ulysses; the data-parallel size
+# becomes ranks / sequence_parallel_size); 1 = off.
+sequence_parallel_size = 1
+# Keep checkpointed activations (each decoder layer's input, tokens x hidden per layer) in CPU memory until the
+# backward pass: for rows whose checkpointed activations alone fill the GPU. Turns gradient checkpointing on.
+activation_offload = False
+# Run each layer's MLP over tiles of this many tokens (e.g. 8192), recomputed tile by tile in the backward
+# pass: the MLP's intermediates of a whole long row never exist at once. 0 = off; one GPU only.
+tiled_mlp = 0
 
 model = dict(
     type='SupervisedFinetune',
@@ -16,6 +25,9 @@ model = dict(
     trust_remote_code='${trust_remote_code}',
     loss_chunk_size='${loss_chunk_size}',
     compile_layers='${compile_layers}',
+    sequence_parallel_size='${sequence_parallel_size}',
+    activation_offload='${activation_offload}',
+    tiled_mlp='${tiled_mlp}',
     objective='${objective}',  # the stage's objective: set by the dataset/stage base (sft, dpo, ...)
     # the data's packing and micro-batch size: the model checks its attention keeps packed samples apart,
     # and sizes a step's memory for gradient_checkpointing='auto'

@@ -21,4 +21,4 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=0.0, by_epoch=True, begin='${warmup_ratio * max_epochs}',
          end='${max_epochs}', convert_to_iter_based=True),
 ]
-train_cfg = dict(type='TrainLoop', max_epochs='${max_epochs}')
+train_cfg = dict(type='TrainLoop', max_epochs='${max_epochs}', sequence_parallel_size='${sequence_parallel_size}')
