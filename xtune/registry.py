@@ -16,6 +16,7 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
@@ -52,3 +53,7 @@ OBJECTIVES = Registry("objective", scope="xtune", locations=["xtune.stages"])
 # registries in the xtune scope also stops mmengine warning that it found none there.
 VISUALIZERS = Registry("visualizer", parent=MMENGINE_VISUALIZERS, scope="xtune", locations=["xtune.engine"])
 VISBACKENDS = Registry("vis_backend", parent=MMENGINE_VISBACKENDS, scope="xtune", locations=["xtune.engine"])
+# The runner's strategies (one device, DDP, DeepSpeed). They register in mmengine's root registry, which the
+# FlexibleRunner builds from before a scope is set; this child only stops mmengine warning, on the next run
+# in the same process, that the xtune scope has no strategy registry.
+STRATEGIES = Registry("strategy", parent=MMENGINE_STRATEGIES, scope="xtune", locations=["xtune.engine"])

@@ -225,7 +225,7 @@ def test_the_train_command_switches_to_the_flexible_runner(tiny_llama, alpaca_fi
     path = tmp_path / "user.json"
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 3}}))
     cfg = _cfg(tiny_llama, alpaca_file, "--deepspeed", str(path), "--launcher", "pytorch", batch_size=2)
-    assert cfg.runner_type == "XtuneFlexibleRunner"
+    assert cfg.runner_type == "XtuneRunner"  # the one runner; the DeepSpeed strategy makes it a DeepSpeed run
     assert cfg.optim_wrapper["type"] == "DeepSpeedOptimWrapper"
     assert cfg.optim_wrapper["optimizer"]["type"] == "AdamW"  # the config's torch optimizer, not DeepSpeed's
     assert cfg.optim_wrapper["constructor"] == "FusedAdamConstructor"  # the shipped schedule's

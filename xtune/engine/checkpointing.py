@@ -16,18 +16,19 @@ training state lives, in one place for both runners:
 
 What differs is only how the training state is written and read, behind :class:`CheckpointBackend`:
 
-- :class:`FileBackend` (``XtuneRunner``, one process or DDP): rank 0 writes one ``iter_N.pth`` file with
+- :class:`FileBackend` (one process or DDP): rank 0 writes one ``iter_N.pth`` file with
   ``state_dict``/``optimizer``/``param_schedulers`` beside the shared entries; reading is
   ``torch.load(weights_only=True)`` (:func:`load_checkpoint_file`).
-- ``DeepSpeedBackend`` (``XtuneFlexibleRunner``, in :mod:`xtune.engine.flexible_runner`): every rank
-  writes its ZeRO shards into an ``iter_N.pth/`` folder with the shared entries as DeepSpeed's client
-  state; reading goes through DeepSpeed's engine with a weights-only checkpoint engine.
+- ``DeepSpeedBackend`` (in :mod:`xtune.engine.flexible_runner`): every rank writes its ZeRO shards into an
+  ``iter_N.pth/`` folder with the shared entries as DeepSpeed's client state; reading goes through
+  DeepSpeed's engine with a weights-only checkpoint engine.
 
 The checkpoint hook (:class:`xtune.engine.hooks.checkpoint.AtomicCheckpointHook`) is shared as well: the
 non-finite refusal, the ``last_checkpoint`` pointer (:mod:`xtune.checkpoint.files`), rotation and the
-save on a stop signal. The two runner classes hold no checkpoint code: they differ in their mmengine
-base (Runner or FlexibleRunner, which build and wrap the model differently), the backend they name, and
-how ``load_from`` weights reach the model (loaded at once, or handed to DeepSpeed before it shards).
+save on a stop signal. There is one runner, :class:`xtune.engine.runner.XtuneRunner` (mmengine's
+FlexibleRunner); its strategy (one device, DDP or DeepSpeed, :mod:`xtune.engine.strategies`) names the
+backend, and how ``load_from`` weights reach the model (loaded into the prepared model, or handed to
+DeepSpeed before it shards).
 """
 
 from __future__ import annotations
@@ -187,12 +188,11 @@ class FileBackend(CheckpointBackend):
             if current is not None:
                 runner.logger.warning(f"the checkpoint's seed {seed} differs from the config's {current}; using {seed}")
             runner._randomness_cfg.update(seed=seed)
-            runner.set_randomness(**runner._randomness_cfg)
+            runner.strategy._set_randomness(**runner._randomness_cfg)
+        # the strategy has built the optimizer wrapper and schedulers before the runner resumes
         if resume_optimizer and "optimizer" in checkpoint:
-            runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
             runner.optim_wrapper.load_state_dict(checkpoint["optimizer"])
         if resume_param_scheduler and runner.param_schedulers is not None and "param_schedulers" in checkpoint:
-            runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
             saved = checkpoint["param_schedulers"]
             if isinstance(runner.param_schedulers, dict):
                 pairs = [(s, c) for k, v in runner.param_schedulers.items() for s, c in zip(v, saved[k])]

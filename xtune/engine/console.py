@@ -37,17 +37,19 @@ class _ConsoleFilter(logging.Filter):
         return not message.startswith(_FILE_ONLY_PREFIXES)
 
 
+def quiet_console(logger: logging.Logger) -> logging.Logger:
+    """Make the logger's console handlers drop file-only records; returns the logger."""
+    for handler in logger.handlers:
+        if type(handler) is logging.StreamHandler and not any(isinstance(f, _ConsoleFilter) for f in handler.filters):
+            handler.addFilter(_ConsoleFilter())
+    return logger
+
+
 class QuietConsoleMixin:
-    """Runner mixin: the logger's console handlers drop file-only records."""
+    """Runner or strategy mixin: the logger's console handlers drop file-only records."""
 
     def build_logger(self, *args, **kwargs):
-        logger = super().build_logger(*args, **kwargs)
-        for handler in logger.handlers:
-            if type(handler) is logging.StreamHandler and not any(
-                isinstance(f, _ConsoleFilter) for f in handler.filters
-            ):
-                handler.addFilter(_ConsoleFilter())
-        return logger
+        return quiet_console(super().build_logger(*args, **kwargs))
 
 
 @HOOKS.register_module()

@@ -190,7 +190,7 @@ def _match_quant_storage(cfg, ds: dict) -> list[str]:
 
 
 def use_deepspeed(cfg, name_or_path: str) -> list[str]:
-    """Rewrite ``cfg`` in place to train with DeepSpeed on mmengine's FlexibleRunner.
+    """Rewrite ``cfg`` in place to train with DeepSpeed (the runner's DeepSpeed strategy).
 
     The optimizer wrapper becomes mmengine's ``DeepSpeedOptimWrapper`` around the config's own torch
     optimizer (Adam and AdamW fused by :class:`~xtune.engine.optim.FusedAdamConstructor` unless the
@@ -223,8 +223,8 @@ def use_deepspeed(cfg, name_or_path: str) -> list[str]:
     cfg.optim_wrapper = wrapper
     notes += _match_quant_storage(cfg, ds)
     cfg.strategy = {"type": "XtuneDeepSpeedStrategy", "config": ds, "exclude_frozen_parameters": True}
-    cfg.runner_type = "XtuneFlexibleRunner"
+    cfg.runner_type = "XtuneRunner"  # the one runner; the strategy makes it a DeepSpeed run
     cfg.deepspeed = str(path)
-    import xtune.engine.flexible_runner  # noqa: F401  (registers the runner and the strategy)
+    import xtune.engine.flexible_runner  # noqa: F401  (registers the strategy)
 
     return notes

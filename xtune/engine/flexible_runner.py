@@ -1,7 +1,7 @@
-"""Training with DeepSpeed ZeRO: mmengine's FlexibleRunner and DeepSpeedStrategy, made to keep
-xtune's promises.
+"""Training with DeepSpeed ZeRO: the strategy of the one runner (:class:`xtune.engine.runner.XtuneRunner`,
+mmengine's FlexibleRunner) for ``--deepspeed``, mmengine's DeepSpeedStrategy made to keep xtune's promises.
 
-- Saving and resuming are the plain runner's (:mod:`xtune.engine.checkpointing`): the same meta, message
+- Saving and resuming are every run's (:mod:`xtune.engine.checkpointing`): the same meta, message
   hub, hooks, temporary name and rename; :class:`DeepSpeedBackend` only writes and reads the ZeRO state,
   a folder (``iter_N.pth/``) with every rank's shards.
 - Resuming never unpickles arbitrary objects: DeepSpeed's checkpoint engine is replaced by one that
@@ -17,18 +17,15 @@ from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from mmengine._strategy import BaseStrategy
 from mmengine._strategy.deepspeed import DeepSpeedStrategy
 from mmengine.registry import STRATEGIES
-from mmengine.runner import FlexibleRunner
 
 from xtune.convert.zero import DEEPSPEED_CHECKPOINT_GLOBALS, load_deepspeed_file
 from xtune.engine.checkpointing import (
     CHECKPOINT_GLOBALS,
     CheckpointBackend,
-    CheckpointRunnerMixin,
     load_checkpoint_file,
 )
-from xtune.engine.console import QuietConsoleMixin
+from xtune.engine.strategies import XtuneStrategyMixin
 from xtune.errors import CheckpointError
-from xtune.registry import RUNNERS
 
 
 def deepspeed_checkpoint_globals() -> list:
@@ -56,7 +53,7 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
 
 
 @STRATEGIES.register_module()
-class XtuneDeepSpeedStrategy(DeepSpeedStrategy):
+class XtuneDeepSpeedStrategy(XtuneStrategyMixin, DeepSpeedStrategy):
     """mmengine's DeepSpeedStrategy with safe checkpoint loading and weights-only ``load_from``.
 
     Args:
@@ -90,13 +87,9 @@ class XtuneDeepSpeedStrategy(DeepSpeedStrategy):
         self.exclude_frozen_parameters = exclude_frozen_parameters
         self.initial_weights: str | None = None
 
-    def build_model(self, model):
-        # The FlexibleRunner builds the dataset before the model, which may draw random numbers; reseed
-        # so that random initialisations (LoRA's A matrices) are those of a run without DeepSpeed, whose
-        # Runner builds the model right after seeding.
-        if isinstance(model, dict) and self._randomness.get("seed") is not None:
-            self._set_randomness(**self._randomness)
-        return super().build_model(model)
+    def deepspeed_engine(self):
+        """The DeepSpeed engine once the model is prepared, else None (the train loop asks)."""
+        return getattr(self.model, "model", None) if self._prepared else None
 
     def _init_model_weights(self, model):
         model = super()._init_model_weights(model)
@@ -151,20 +144,13 @@ class DeepSpeedBackend(CheckpointBackend):
             ) from None
 
 
-@RUNNERS.register_module()
-class XtuneFlexibleRunner(QuietConsoleMixin, CheckpointRunnerMixin, FlexibleRunner):
-    """mmengine's FlexibleRunner for DeepSpeed runs, with xtune's checkpoint path (DeepSpeed backend)."""
+XtuneDeepSpeedStrategy.checkpoint_backend = DeepSpeedBackend()
 
-    checkpoint_backend = DeepSpeedBackend()
 
-    @property
-    def deepspeed_engine(self):
-        """The DeepSpeed engine once the model is prepared, else None (the train loop asks)."""
-        model = self.strategy.model if getattr(self.strategy, "_prepared", False) else None
-        return getattr(model, "model", None) if model is not None else None
+def __getattr__(name: str):
+    # ``XtuneFlexibleRunner``: the deprecated name of the one runner, kept for old imports.
+    if name == "XtuneFlexibleRunner":
+        from xtune.engine.runner import XtuneRunner
 
-    def train(self):
-        if self._load_from and not self._resume:
-            self.strategy.initial_weights = self._load_from
-            self._has_loaded = True
-        return super().train()
+        return XtuneRunner
+    raise AttributeError(name)

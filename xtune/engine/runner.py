@@ -1,17 +1,29 @@
-"""The Runner for one process and plain data parallel (DDP) on CPU (gloo) or GPU (nccl, one device per rank).
+"""The one runner of every ``xtune train`` run: one process, data parallel (DDP) or DeepSpeed ZeRO.
 
-Saving and resuming are :class:`~xtune.engine.checkpointing.CheckpointRunnerMixin`'s, shared with the
-DeepSpeed runner; this runner names the file backend (one ``iter_N.pth`` written by rank 0) and adds
-how xtune wraps a model in DDP and how ``load_from`` (weights only) is read.
+Design
+------
+:class:`XtuneRunner` is mmengine's FlexibleRunner; what differs between runs lives in its strategy:
+
+- no ``strategy`` in the config, one process: :class:`~xtune.engine.strategies.XtuneSingleDeviceStrategy`;
+- no ``strategy``, several ranks (``launcher`` other than ``none``):
+  :class:`~xtune.engine.strategies.XtuneDDPStrategy`, which wraps as
+  :func:`~xtune.engine.strategies.ddp_settings` says (``model_wrapper_cfg`` overrides single settings);
+- ``--deepspeed`` sets ``strategy`` to :class:`~xtune.engine.flexible_runner.XtuneDeepSpeedStrategy`.
+
+Saving and resuming are :class:`~xtune.engine.checkpointing.CheckpointRunnerMixin`'s; the strategy names the
+backend that stores the training state (one ``iter_N.pth`` file, or a ZeRO folder). ``load_from`` (weights
+only) is read safely in both: a file is loaded into the prepared model here, and the DeepSpeed strategy loads
+it before it shards the model. ``XtuneFlexibleRunner`` is a deprecated name of this class.
 """
 
-import torch
-from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner
+from __future__ import annotations
+
+from mmengine.runner import FlexibleRunner
 
 from xtune.checkpoint.files import remove_path, write_failure
 from xtune.engine.checkpointing import (
     CHECKPOINT_GLOBALS,
+    CheckpointBackend,
     CheckpointRunnerMixin,
     FileBackend,
     load_checkpoint_file,
@@ -19,7 +31,7 @@ from xtune.engine.checkpointing import (
     message_hub_to_plain,
     safe_loading,
 )
-from xtune.engine.console import QuietConsoleMixin
+from xtune.engine.strategies import ddp_settings
 from xtune.registry import RUNNERS
 
 # Older imports of these names from this module keep working.
@@ -36,43 +48,55 @@ __all__ = [
 ]
 
 
-def ddp_settings(model: torch.nn.Module) -> dict:
-    """How xtune wraps a model in DistributedDataParallel (``model_wrapper_cfg`` in a config overrides it).
-
-    - ``device_ids``: the rank's GPU, or None on CPU (DDP refuses device ids for CPU modules).
-    - Frozen weights (the base model under LoRA/QLoRA, frozen layers) are left out of DDP altogether:
-      no start-up broadcast and no gradient buckets for them. Every rank loads the same weights from
-      disk, and trainable weights are created from the same seed and broadcast from rank 0 anyway.
-    - ``find_unused_parameters=False``: every trainable weight of full, freeze, LoRA and DoRA
-      finetuning takes part in each forward pass, so the per-step graph search it costs is not needed.
-    - ``gradient_as_bucket_view``: gradients live in DDP's buckets instead of beside them (less memory).
-    """
-    frozen = [name for name, param in model.named_parameters() if not param.requires_grad]
-    if frozen:
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
-    device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
-    return {
-        "type": "MMDistributedDataParallel",
-        "device_ids": device_ids,
-        "broadcast_buffers": False,
-        "find_unused_parameters": False,
-        "gradient_as_bucket_view": True,
-    }
-
-
 @RUNNERS.register_module()
-class XtuneRunner(QuietConsoleMixin, CheckpointRunnerMixin, Runner):
-    """mmengine's Runner with xtune's checkpoint path (file backend) and DDP on CPU or GPU."""
+@RUNNERS.register_module(name="XtuneFlexibleRunner")  # deprecated name, the same class
+class XtuneRunner(CheckpointRunnerMixin, FlexibleRunner):
+    """mmengine's FlexibleRunner with xtune's strategies and its one checkpoint path."""
 
-    checkpoint_backend = FileBackend()
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Built now, right after seeding, as mmengine's Runner does (FlexibleRunner builds it in train(),
+        # after the dataset): the same random initialisation and random state in every kind of run, and
+        # ``runner.model`` is the model from the start. The strategy places and wraps it in train().
+        self.model = self.strategy.build_model(self.model)
 
-    def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module):
-        """mmengine's wrapping, with :func:`ddp_settings` as the default under several ranks."""
-        if self.distributed and not is_model_wrapper(model):
-            settings = ddp_settings(model)
-            settings.update(model_wrapper_cfg or {})
-            model_wrapper_cfg = settings
-        return super().wrap_model(model_wrapper_cfg, model)
+    @property
+    def checkpoint_backend(self) -> CheckpointBackend:
+        """How the strategy's training state is stored (see :mod:`xtune.engine.checkpointing`)."""
+        return getattr(self.strategy, "checkpoint_backend", None) or FileBackend()
+
+    @property
+    def deepspeed_engine(self):
+        """The DeepSpeed engine once a DeepSpeed run has prepared the model, else None (the loop asks)."""
+        return self.strategy.deepspeed_engine() if hasattr(self.strategy, "deepspeed_engine") else None
+
+    def build_strategy(self, strategy=None, launcher: str = "none", env_cfg: dict | None = None, **kwargs):
+        """xtune's plain strategies where the config names none (mmengine would pick its own)."""
+        if env_cfg is None:  # as mmengine's Runner (the FlexibleRunner needs one)
+            env_cfg = {"dist_cfg": {"backend": "nccl"}}
+        if strategy is None:
+            if launcher == "none":
+                strategy = {"type": "XtuneSingleDeviceStrategy"}
+            else:
+                strategy = {
+                    "type": "XtuneDDPStrategy",
+                    "model_wrapper": self.cfg.get("model_wrapper_cfg"),
+                    "sync_bn": self.cfg.get("sync_bn"),
+                }
+        return super().build_strategy(strategy, launcher=launcher, env_cfg=env_cfg, **kwargs)
+
+    def train(self):
+        if self._load_from and not self._resume and hasattr(self.strategy, "initial_weights"):
+            self.strategy.initial_weights = self._load_from  # DeepSpeed: loaded before sharding
+            self._has_loaded = True
+        return super().train()
+
+    def load_or_resume(self) -> None:
+        super().load_or_resume()
+        # As mmengine's Runner: gradient accumulation counts from the resumed iteration (the strategy
+        # counted from 0 before the checkpoint was read).
+        if hasattr(self.optim_wrapper, "initialize_count_status"):
+            self.optim_wrapper.initialize_count_status(self.model, self.train_loop.iter, self.train_loop.max_iters)
 
     def load_checkpoint(
         self, filename: str, map_location="cpu", strict: bool = False, revise_keys: list | None = None
