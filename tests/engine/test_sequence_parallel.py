@@ -5,8 +5,8 @@ file order, plain SGD so the weights measure the gradients). Launches are few an
 ranks on 2 cores are slow: 2 ranks with s=2 (LoRA, unpacked rows of odd widths) also saves every step
 for the resume test; 4 ranks with s=2 (data-parallel size 2, full, packed); 2 ranks with s=2 under
 DeepSpeed ZeRO-2 with activation offload (so checkpointed layers recompute through the all-to-alls; full,
-packed); DPO with LoRA; and one resumed run. ZeRO-3 + activation offload was checked by hand the same way
-(1.5e-7).
+packed); 2 ranks with s=2 for LoRA packed and full unpacked; DPO with LoRA; and one resumed run.
+ZeRO-3 + activation offload was checked by hand the same way (1.5e-7).
 """
 
 import json
@@ -108,6 +108,19 @@ def test_two_ranks_sharing_each_sequence_equal_one_process_lora_unpacked(runs):
     saved = pth_to_hf(work / f"{LORA}.py", (work / "last_checkpoint").read_text().strip(), runs.root / "hf")
     adapter = load_file(saved / "adapter_model.safetensors")
     assert {k.replace(".weight", ".default.weight"): v for k, v in adapter.items()}.keys() == ours.keys()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,packed", [(LORA, True), (FULL, False)], ids=["lora_packed", "full_unpacked"])
+def test_two_ranks_sharing_each_sequence_equal_one_process_other_cases(runs, config, packed):
+    """The two cases the other launches leave out, with 2 ranks and s=2 against one process."""
+    name = f"sp2_{'lora' if config == LORA else 'full'}_{'packed' if packed else 'unpacked'}"
+    ours = final_weights(runs.parallel(name, config, packed, 2, sequence_parallel_size=2))
+    reference = final_weights(runs.single(config, packed))
+    assert set(ours) == set(reference)
+    assert _reported(f"2 ranks s=2, {name[4:]}", max_relative_difference(ours, reference)) < 1e-5
+    changed = {k: v for k, v in ours.items() if "lora_B" in k} if config == LORA else None
+    assert (max(float(v.abs().max()) for v in changed.values()) if changed else _moved(ours, runs.model)) > 1e-3
 
 
 @pytest.mark.slow
