@@ -3,8 +3,10 @@
     python tools/bench_data.py --rows 50000 --num-proc 2
 
 Prints rows/s (from reading the file to packed rows, tokenizer load included; Python's one-time import of
-transformers' model modules excluded) and peak RSS (this process and its workers). Not a test: numbers go
-in notes.
+transformers' model modules excluded) and peak RSS (this process and its workers). RSS counts the pages of
+memory-mapped files (the processed-data cache is read back that way), which the kernel can drop at will, so
+the anonymous memory (heap: what a process really holds) is also sampled every 20 ms, summed over this
+process and its workers. Not a test: numbers go in notes.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import json
 import random
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +37,42 @@ def make_rows(count: int, seed: int = 0) -> list[dict]:
     ]
 
 
+def _anon_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # ended meanwhile, or no /proc
+        pass
+    return 0.0
+
+
+class AnonPeak:
+    """The largest sum of anonymous memory of this process and its descendants seen while running."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import os
+
+        from xtune.cli.workers import process_tree
+
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, sum(_anon_mb(pid) for pid in process_tree(os.getpid())))
+
+    def __enter__(self) -> "AnonPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=50_000)
@@ -54,6 +93,7 @@ def main() -> None:
         # Import transformers' model modules once (about 2.5 s, paid by any process that loads a
         # tokenizer or model) so that the timing measures the data pipeline, tokenizer load included.
         AutoTokenizer.from_pretrained(MODEL_DIR / "tiny_llama")
+        anon = AnonPeak().__enter__()
         start = time.perf_counter()
         # the default path: processed rows go to an on-disk cache and are memory-mapped back
         dataset = SFTDataset(
@@ -66,6 +106,7 @@ def main() -> None:
             cache_dir=str(Path(tmp) / "cache"),
         )
         elapsed = time.perf_counter() - start
+        anon.__exit__()
         stats = dataset.statistics()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -77,6 +118,7 @@ def main() -> None:
                 "rows_per_s": round(args.rows / elapsed),
                 "peak_rss_mb": round(own),
                 "peak_worker_rss_mb": round(workers),
+                "peak_anon_mb_all": round(anon.peak),
                 "packed_rows": stats["packed_rows"],
                 "packing_efficiency": stats["packing_efficiency"],
                 "tokens": stats["tokens"],

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 from xtune.cli.workers import process_tree
 from xtune.engine.runner import load_checkpoint_file
 from xtune.testing.training import (
-    PARITY_OPTIONS,
     final_weights,
     max_relative_difference,
     rank_command,
     rank_env,
+    sgd_parity_options,
     train,
     train_ranks,
     wait_for_file,
@@ -36,23 +36,7 @@ RANKS = 2
 
 
 def _options(model, data, batch_size: int, packed: bool, **extra) -> dict:
-    return {
-        **PARITY_OPTIONS,
-        "pretrained_model_name_or_path": str(model),
-        "data_path": str(data),
-        "data_format": "alpaca",
-        # packed: 915 tokens in rows of at most 160 make 6 rows, 3 per rank
-        "max_length": 160 if packed else 256,
-        "pack_to_max_length": packed,
-        "batch_size": batch_size,
-        "accumulative_counts": 2,
-        "max_epochs": 2,
-        # Plain SGD: a weight's change is lr x its gradient, so the comparison measures the gradients.
-        # Adam divides by sqrt(v): gradient entries that nearly cancel (rounding-level values) become steps
-        # of up to lr, and two correct runs would differ by lr there.
-        "optim_wrapper.optimizer": {"_delete_": True, "type": "SGD", "lr": 0.1},
-        **extra,
-    }
+    return sgd_parity_options(model, data, packed, batch_size, **extra)
 
 
 class Runs:

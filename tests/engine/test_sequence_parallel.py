@@ -18,9 +18,9 @@ import torch
 
 from xtune.model.sequence_parallel import shard_batch
 from xtune.testing.training import (
-    PARITY_OPTIONS,
     final_weights,
     max_relative_difference,
+    sgd_parity_options,
     train,
     train_ranks,
 )
@@ -29,20 +29,7 @@ FULL = "tiny_llama_full_identity_e3"
 LORA = "tiny_llama_lora_identity_e3"
 
 
-def _options(model, data, packed: bool, batch_size: int = 2, **extra) -> dict:
-    return {
-        **PARITY_OPTIONS,
-        "pretrained_model_name_or_path": str(model),
-        "data_path": str(data),
-        "data_format": "alpaca",
-        "max_length": 160 if packed else 256,
-        "pack_to_max_length": packed,
-        "batch_size": batch_size,
-        "accumulative_counts": 2,
-        "max_epochs": 2,
-        "optim_wrapper.optimizer": {"_delete_": True, "type": "SGD", "lr": 0.1},
-        **extra,
-    }
+_options = sgd_parity_options
 
 
 class Runs:

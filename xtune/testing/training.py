@@ -26,6 +26,29 @@ PARITY_OPTIONS = {
 }
 
 
+def sgd_parity_options(model, data, packed: bool, batch_size: int = 2, **extra) -> dict:
+    """Options for runs whose final weights are compared across ranks, parallelism and resumes.
+
+    Plain SGD: a weight's change is lr x its gradient, so the comparison measures the gradients. Adam
+    divides by sqrt(v): gradient entries that nearly cancel (rounding-level values) become steps of up to
+    lr, and two correct runs would differ by lr there. Packed, the 16 alpaca rows of the test data (915
+    tokens) make 6 rows of at most 160 tokens.
+    """
+    return {
+        **PARITY_OPTIONS,
+        "pretrained_model_name_or_path": str(model),
+        "data_path": str(data),
+        "data_format": "alpaca",
+        "max_length": 160 if packed else 256,
+        "pack_to_max_length": packed,
+        "batch_size": batch_size,
+        "accumulative_counts": 2,
+        "max_epochs": 2,
+        "optim_wrapper.optimizer": {"_delete_": True, "type": "SGD", "lr": 0.1},
+        **extra,
+    }
+
+
 def cfg_options(options: dict) -> list[str]:
     """``{"lr": 1e-3}`` -> ``["lr=0.001"]``: values as Python literals, which the CLI parses back."""
     return [f"{key}={value!r}" for key, value in options.items()]
