@@ -4,9 +4,9 @@ Every run is compared with one process that sees the same samples per micro-batc
 file order, plain SGD so the weights measure the gradients). Launches are few and combined, as 2-4 CPU
 ranks on 2 cores are slow: 2 ranks with s=2 (LoRA, unpacked rows of odd widths) also saves every step
 for the resume test; 4 ranks with s=2 (data-parallel size 2, full, packed); 2 ranks with s=2 under
-DeepSpeed ZeRO-2 with activation offload (so checkpointed layers recompute through the all-to-alls; full,
-packed); 2 ranks with s=2 for LoRA packed and full unpacked; DPO with LoRA; and one resumed run.
-ZeRO-3 + activation offload was checked by hand the same way (1.5e-7).
+DeepSpeed ZeRO-2 and ZeRO-3 with activation offload (so checkpointed layers recompute through the
+all-to-alls; full, packed); 2 ranks with s=2 for LoRA packed and full unpacked; DPO and RM with LoRA;
+and one resumed run.
 """
 
 import json
@@ -120,10 +120,11 @@ def test_four_ranks_two_groups_equal_data_parallel_full_packed(runs):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_with_sequence_parallel_equals_one_process_full_packed(runs):
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_with_sequence_parallel_equals_one_process_full_packed(runs, stage):
     # with activation_offload (checkpointing on): the all-to-alls run again in the recompute
     options = {"sequence_parallel_size": 2, "activation_offload": True}
-    work = runs.parallel("sp2_zero2_full_packed", FULL, True, 2, ["--deepspeed", "zero2"], **options)
+    work = runs.parallel(f"sp2_{stage}_full_packed", FULL, True, 2, ["--deepspeed", stage], **options)
     from xtune.convert.zero import load_zero_checkpoint
 
     ours = {
@@ -131,10 +132,8 @@ def test_deepspeed_zero2_with_sequence_parallel_equals_one_process_full_packed(r
         for k, v in load_zero_checkpoint((work / "last_checkpoint").read_text().strip()).items()
     }
     reference = final_weights(runs.single(FULL, True))
-    assert (
-        _reported("2 ranks s=2 ZeRO-2 + activation offload, full, packed", max_relative_difference(ours, reference))
-        < 1e-5
-    )
+    what = f"2 ranks s=2 {stage} + activation offload, full, packed"
+    assert _reported(what, max_relative_difference(ours, reference)) < 1e-5
 
 
 @pytest.mark.slow
@@ -173,6 +172,27 @@ def test_dpo_with_sequence_parallel_equals_one_process(tiny_llama, tmp_path):
     assert logged == pytest.approx(json.loads((tmp_path / "single" / "loss.json").read_text())["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_reward_model_with_sequence_parallel_equals_one_process(tiny_llama, tmp_path):
+    """Each row's score is read on the rank whose slice holds its last real token; the group sums them."""
+    from xtune.paths import DATA_DIR
+
+    rows = json.loads((DATA_DIR / "preference_demo.json").read_text())[:8]
+    data = tmp_path / "pairs8.json"
+    data.write_text(json.dumps(rows))
+    options = {**_options(tiny_llama, data, False, batch_size=2), "max_epochs": 1}
+    options["optim_wrapper.optimizer"] = {"_delete_": True, "type": "SGD", "lr": 0.5}
+    config = "tiny_llama_lora_rm_preference_e3"
+    assert train(config, tmp_path / "single", options) == 0
+    train_ranks(config, tmp_path / "sp", {**options, "sequence_parallel_size": 2}, ranks=2)
+    ours, reference = final_weights(tmp_path / "sp"), final_weights(tmp_path / "single")
+    assert set(ours) == set(reference) and any("score" in key for key in ours)
+    assert _reported("2 ranks s=2, RM, LoRA", max_relative_difference(ours, reference)) < 1e-5
+    assert max(float(v.abs().max()) for k, v in ours.items() if "lora_B" in k) > 1e-4  # training moved them
+    logged = json.loads((tmp_path / "sp" / "loss.json").read_text())["loss"]
+    assert logged == pytest.approx(json.loads((tmp_path / "single" / "loss.json").read_text())["loss"], rel=1e-4)
+
+
 # ----------------------------------------------------------------------------------------- in-process
 def test_shards_put_back_together_are_the_batch_shifted():
     from xtune.dataset.collate import sft_collate_fn
@@ -198,6 +218,9 @@ def test_shards_put_back_together_are_the_batch_shifted():
         assert all(torch.equal(s["cu_seq_lens"], shards[0]["cu_seq_lens"]) for s in shards)
         assert sum(int(s["num_tokens"].sum()) for s in shards) == 8
         assert "labels" not in shards[0]
+        # each row's last real token (index 4 and 2) is in exactly one slice, where the rm stage reads it
+        owner = [[rank for rank, s in enumerate(shards) if s["ends_here"][row]] for row in range(2)]
+        assert owner == ([[1], [0]] if size == 2 else [[2], [1]])
 
 
 def test_unpacked_rows_get_positions_and_segments():

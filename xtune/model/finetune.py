@@ -136,12 +136,6 @@ class FinetuneModel(BaseModel):
         if sequence_parallel_size > 1:
             from xtune.model import sequence_parallel
 
-            if self.objective.model_kind != "causal_lm":
-                raise ConfigError(
-                    f"sequence_parallel_size={sequence_parallel_size}: the {self.objective.name} stage scores each "
-                    "sequence at its last token, which a split row holds on one rank only. Set "
-                    "sequence_parallel_size=1 for it."
-                )
             self.attn_implementation = sequence_parallel.setup(self.llm, sequence_parallel_size, attn_implementation)
             if tokens_per_batch:
                 tokens_per_batch = -(-tokens_per_batch // sequence_parallel_size)  # each rank holds a slice

@@ -173,6 +173,7 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
         cu_seq_lens = segments_from_positions(positions)
     part = slice(rank * padded // size, (rank + 1) * padded // size)
     real = num_tokens.reshape(-1) - part.start
+    ends_here = (real > 0) & (real <= padded // size)  # this slice holds the row's last real token
     out = {key: value for key, value in batch.items() if key not in ("labels", "attention_mask")}
     out.update(
         input_ids=input_ids[:, part].contiguous(),
@@ -180,6 +181,7 @@ def shard_batch(batch: dict, rank: int, size: int) -> dict:
         shift_labels=shift_labels[:, part].contiguous(),
         cu_seq_lens=cu_seq_lens,  # of the whole rows: attention runs on the gathered sequence
         num_tokens=real.clamp(0, padded // size),  # real tokens in this slice (a prefix of it)
+        ends_here=ends_here,  # the rm stage reads each row's score there
     )
     return out
 

@@ -20,9 +20,22 @@ from xtune.stages.preference import PairObjective
 
 
 def sequence_rewards(model, batch: dict) -> torch.Tensor:
-    """One scalar per row: the score head at the row's last real token."""
+    """One scalar per row: the score head at the row's last real token.
+
+    Under sequence parallelism (a slice: ``shift_labels``) the rank whose slice holds a row's last real
+    token reads the score there, the others give 0, and the group's sum (with a gradient, as the pair
+    stages' log-probs) is the row's reward on every rank.
+    """
     classifier = model.causal_lm()  # the transformers *ForSequenceClassification, under peft's wrapper
     decoder = getattr(classifier, classifier.base_model_prefix)
+    if "shift_labels" in batch:
+        from xtune.model.sequence_parallel import sum_over_group
+
+        hidden = decoder(**model.model_inputs(batch), use_cache=False).last_hidden_state
+        last = (batch["num_tokens"] - 1).clamp(min=0)
+        rows = torch.arange(hidden.size(0), device=hidden.device)
+        scores = classifier.score(hidden[rows, last]).squeeze(-1).float()
+        return sum_over_group(torch.where(batch["ends_here"], scores, torch.zeros_like(scores)))
     hidden = decoder(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state
