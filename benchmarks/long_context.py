@@ -15,7 +15,7 @@ Variants (each a column of the report):
 - ``ckpt-full_logits``: the chunked loss off (``loss_chunk_size=0``), to show what it saves.
 - ``no_ckpt``: no checkpointing at all.
 
-Shapes: ``8b`` (Llama-3-8B's shape, QLoRA by default), ``1.5b`` (Qwen2.5-1.5B-like, LoRA), ``tiny`` (a
+Shapes: ``8b`` (Llama-3-8B's shape, QLoRA by default), ``1.5b`` (the speed harness's 1.5B shape, LoRA), ``tiny`` (a
 CPU smoke run of every path; on a CPU nothing runs out of memory, so the search stops at ``--max-len``).
 
 Examples::
@@ -37,16 +37,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPES = {
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "intermediate_size": 128, "vocab_size": 3008},
-    # Qwen2.5-1.5B's layer shape (hidden 1536, 28 layers, 12/2 heads, vocabulary 151,936)
-    "1.5b": {"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-             "intermediate_size": 8960, "vocab_size": 151936},
-    # Llama-3-8B's shape
-    "8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "intermediate_size": 14336, "vocab_size": 128256},
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_speed  # noqa: E402  (one table of model shapes for every benchmark)
+
+# the speed harness's shapes, so "the 1.5B shape" and "the 8B shape" are the same models in both
+SHAPES = {name: train_speed.SHAPES[name] for name in ("tiny", "1.5b", "8b")}
 MODES = {"tiny": "lora", "1.5b": "lora", "8b": "qlora"}
 VARIANTS = {
     "ckpt": {"gradient_checkpointing": True},
