@@ -28,20 +28,20 @@ def sequence_rewards(model, batch: dict) -> torch.Tensor:
     """
     classifier = model.causal_lm()  # the transformers *ForSequenceClassification, under peft's wrapper
     decoder = getattr(classifier, classifier.base_model_prefix)
-    if "shift_labels" in batch:
-        from xtune.model.sequence_parallel import sum_over_group
-
-        hidden = decoder(**model.model_inputs(batch), use_cache=False).last_hidden_state
-        last = (batch["num_tokens"] - 1).clamp(min=0)
-        rows = torch.arange(hidden.size(0), device=hidden.device)
-        scores = classifier.score(hidden[rows, last]).squeeze(-1).float()
-        return sum_over_group(torch.where(batch["ends_here"], scores, torch.zeros_like(scores)))
-    hidden = decoder(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
-    last = batch["attention_mask"].sum(1) - 1
+    sliced = "shift_labels" in batch
+    if sliced:
+        inputs, real = model.model_inputs(batch), batch["num_tokens"]  # real tokens: a prefix of the slice
+    else:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        real = batch["attention_mask"].sum(1)  # right padding
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
     rows = torch.arange(hidden.size(0), device=hidden.device)
-    return classifier.score(hidden[rows, last]).squeeze(-1).float()
+    scores = classifier.score(hidden[rows, (real - 1).clamp(min=0)]).squeeze(-1).float()
+    if not sliced:
+        return scores
+    from xtune.model.sequence_parallel import sum_over_group
+
+    return sum_over_group(torch.where(batch["ends_here"], scores, torch.zeros_like(scores)))
 
 
 @OBJECTIVES.register_module(name="rm")
