@@ -81,3 +81,19 @@ def test_qwen_vl_token_count_follows_the_patch_grid(tmp_path):
 def test_a_text_model_has_no_processor(parts):
     with pytest.raises(ConfigError, match="not a vision-language model"):
         load_processor(parts[0])
+
+
+def test_markers_expand_in_order_and_mismatches_are_errors(tmp_path):
+    from xtune.errors import DataError
+    from xtune.hf.vision import expand_image_markers
+
+    processor = load_processor(make_tiny_vlm("qwen2_5_vl", tmp_path / "qwen"))
+    messages = [{"role": "user", "content": "<image> vs <image>?"}, {"role": "assistant", "content": "same"}]
+    out = expand_image_markers(messages, [2, 3], processor)
+    pad = "<|image_pad|>"
+    assert out[0]["content"] == f"<|vision_start|>{pad * 2}<|vision_end|> vs <|vision_start|>{pad * 3}<|vision_end|>?"
+    assert out[1] is messages[1]
+    with pytest.raises(DataError, match="2 <image> marker"):
+        expand_image_markers(messages, [2], processor)
+    with pytest.raises(DataError, match="assistant message"):
+        expand_image_markers([{"role": "assistant", "content": "<image>"}], [1], processor)

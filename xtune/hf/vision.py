@@ -378,3 +378,36 @@ def _processor_chat_template(folder: Path) -> str | None:
     if not file.is_file():
         return None
     return json.loads(file.read_text(encoding="utf-8")).get("chat_template")
+
+
+def expand_image_markers(messages: list[dict], counts: list[int], processor: VisionProcessor) -> list[dict]:
+    """``messages`` with the i-th ``<image>`` marker replaced by the text of image i (its image token once per
+    feature, inside the family's markers), so a chat template renders exactly what the model reads.
+
+    Args:
+        messages: Conversation messages with string contents.
+        counts: Image tokens of each image, in marker order (:meth:`VisionProcessor.token_counts`).
+        processor: The model's processor.
+
+    Raises:
+        DataError: The number of markers differs from the number of images, or an assistant message holds
+            a marker (the model would be trained to write image tokens).
+    """
+    from xtune.errors import DataError
+
+    found = sum((m.get("content") or "").count(IMAGE_PLACEHOLDER) for m in messages)
+    if found != len(counts):
+        raise DataError(
+            f"the messages hold {found} {IMAGE_PLACEHOLDER} marker(s) but {len(counts)} image(s) are given; "
+            f"write one {IMAGE_PLACEHOLDER} where each image belongs"
+        )
+    remaining = iter(counts)
+    expanded = []
+    for message in messages:
+        content = message.get("content") or ""
+        if IMAGE_PLACEHOLDER in content and message.get("role") == "assistant":
+            raise DataError(f"an assistant message holds {IMAGE_PLACEHOLDER}; images belong in user turns")
+        pieces = content.split(IMAGE_PLACEHOLDER)
+        text = pieces[0] + "".join(processor.image_text(next(remaining)) + piece for piece in pieces[1:])
+        expanded.append({**message, "content": text} if len(pieces) > 1 else message)
+    return expanded
