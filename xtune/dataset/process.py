@@ -102,7 +102,7 @@ def build_or_load(spec: DatasetSpec, key: str, cache_root: Path | None, fn_kwarg
 
 
 def _process(spec: DatasetSpec, fn_kwargs: dict, num_proc: int, out_file: Path | None = None) -> datasets.Dataset:
-    raw = load_rows(spec)
+    raw = load_rows(spec, work_dir=out_file.parent if out_file else None)
     return raw.map(
         process_batch,
         batched=True,
