@@ -76,7 +76,7 @@ class _ListReader:
         pos = self.pos if pos is None else pos
         return _invalid(self.file, self._line(pos), f"{message} (column {self._column(pos)})", self.FIX)
 
-    def _value(self) -> tuple[Any, int]:
+    def _value(self) -> Any:
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.buf, self.pos)
@@ -86,9 +86,8 @@ class _ListReader:
                 raise self._fail(err.msg, err.pos) from None
             if end == len(self.buf) and self._more():
                 continue  # a number or literal cut at the chunk's end: decode it whole
-            line = self._line(self.pos)
             self.pos = end
-            return value, line
+            return value
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         self._skip_space()
@@ -100,7 +99,7 @@ class _ListReader:
             while True:
                 if self._skip_space() == "":
                     raise self._fail("Expecting value")
-                value, _ = self._value()
+                value = self._value()
                 index += 1
                 yield index, value
                 following = self._skip_space()
