@@ -385,3 +385,17 @@ def test_a_list_longer_than_a_part_reads_every_row(tmp_path, small_parts):
     file.write_text(json.dumps([{"instruction": f"q{i}" * (i % 4), "output": str(i)} for i in range(20)]))
     ds = load_rows(resolve_dataset(str(file), "alpaca"))
     assert ds["output"] == [str(i) for i in range(20)] and ds["_row"] == list(range(1, 21))
+
+
+def test_uncached_processing_outlives_the_streamed_rows(tmp_path, tiny_llama):
+    import gc
+
+    from xtune.dataset import SFTDataset
+
+    file = tmp_path / "a.json"
+    file.write_text(json.dumps([{"instruction": f"q{i}", "output": f"answer {i}"} for i in range(6)]))
+    dataset = SFTDataset(str(file), str(tiny_llama), data_format="alpaca", max_length=64, cache=False, num_proc=2)
+    gc.collect()  # the raw rows' folder is gone now; the processed rows must not have lived there
+    assert len(dataset) >= 1 and all(len(dataset[i]["input_ids"]) > 0 for i in range(len(dataset)))
+    # DataLoader workers that are spawned reopen a dataset's files by name: each must still exist
+    assert all(Path(entry["filename"]).exists() for entry in dataset.data.cache_files)

@@ -113,6 +113,8 @@ def _process(spec: DatasetSpec, fn_kwargs: dict, num_proc: int, out_file: Path |
         desc=f"Tokenizing {spec.name}",
         load_from_cache_file=False,
         cache_file_name=str(out_file) if out_file else None,
+        # uncached: the result stays in memory, not beside the raw rows' files (removed with them)
+        keep_in_memory=out_file is None,
     )
 
 
