@@ -93,7 +93,7 @@ _UNSUPPORTED_SOURCES = {
 }
 # Columns only another stage can use: training SFT/PT on such data would silently drop them.
 STAGE_COLUMNS = {
-    "images": "a multimodal (vision) stage, which xtune does not have yet",
+    "images": "the multimodal (vision) stage: VisionSFTDataset",
     "videos": "a multimodal (video) stage, which xtune does not have yet",
     "audios": "a multimodal (audio) stage, which xtune does not have yet",
     "kto_tag": "the kto stage (the label says whether each reply is desirable)",

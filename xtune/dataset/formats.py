@@ -407,8 +407,11 @@ def _reply(row: dict[str, Any], spec: DatasetSpec, name: str, where: str) -> dic
     return message
 
 
-def convert_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+def convert_row(row: dict[str, Any], spec: DatasetSpec, uses: tuple[str, ...] = ()) -> dict[str, Any]:
     """Convert one raw row (with ``_source`` and ``_row``) into a schema sample.
+
+    ``uses`` names the media columns (:data:`MEDIA_COLUMNS`) the caller reads itself (the vision
+    dataset reads ``images``); any other media column in the row is an error, not dropped.
 
     Returns:
         ``{"messages", "tools"}`` for alpaca, sharegpt and openai; ``{"text"}`` for text;
@@ -420,6 +423,8 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
     where = _where(row)
     fmt = spec.data_format
     for media in MEDIA_COLUMNS:
+        if media in uses:
+            continue
         column = _column(spec, media)
         if row.get(column) not in (None, "", []):
             _fail(
