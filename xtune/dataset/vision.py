@@ -182,6 +182,12 @@ class ImageRows:
         images = [self.resolve(value, row, where) for value in values]
         counts = self.processor.token_counts([self._size(p, v, row, where) for p, v in zip(images, values)])
         messages = sample["messages"]
+        for turn, message in enumerate(messages, 1):
+            if message["role"] == "assistant" and IMAGE_PLACEHOLDER in (message.get("content") or ""):
+                raise DataError(
+                    f"{where}: message {turn} is an assistant message holding {IMAGE_PLACEHOLDER} (the model would "
+                    f"be trained to write image tokens). Move the marker into the user message that shows the image."
+                )
         markers = sum((m.get("content") or "").count(IMAGE_PLACEHOLDER) for m in messages)
         if images and not markers:
             first = next(i for i, m in enumerate(messages) if m["role"] == "user")
@@ -190,7 +196,7 @@ class ImageRows:
         try:
             messages = expand_image_markers(messages, counts, self.processor)
         except DataError as exc:
-            raise DataError(f"{where}: {exc}") from None
+            raise DataError(f"{where}: {exc}.") from None
         return {**sample, "messages": messages, "images": images, "image_tokens": sum(counts)}
 
     def encode_options(self, options: EncodeOptions) -> EncodeOptions:
