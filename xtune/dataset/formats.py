@@ -458,9 +458,11 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec, uses: tuple[str, ...] = 
 
 
 def convert_rows(
-    rows: Iterable[dict[str, Any]], spec: DatasetSpec, skip_bad_rows: bool = False
+    rows: Iterable[dict[str, Any]], spec: DatasetSpec, skip_bad_rows: bool = False, uses: tuple[str, ...] = ()
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Convert many rows; with ``skip_bad_rows`` a bad row is left out and its error message kept.
+
+    ``uses``: the media columns the caller reads itself (see :func:`convert_row`).
 
     ``rows`` may be the dataset :func:`~xtune.dataset.loading.load_rows` returns (read in batches).
 
@@ -474,7 +476,7 @@ def convert_rows(
     skipped: list[str] = []
     for row in iter_rows(rows) if isinstance(rows, datasets.Dataset) else rows:
         try:
-            samples.append(convert_row(row, spec))
+            samples.append(convert_row(row, spec, uses))
         except DataError as err:
             if not skip_bad_rows:
                 raise
