@@ -314,3 +314,25 @@ def test_shipped_demo_files_load_and_match_the_generator(tmp_path):
 def test_llava_style_processor_adds_the_image_token(models):
     processor = load_processor(LM, vision_tower=models["clip"])
     assert processor.image_token == "<image>" and processor.token_counts([(32, 32), (64, 10)]) == [16, 16]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_the_model_accepts_a_collated_batch(models, images, tmp_path, family):
+    """transformers checks that image tokens and image features agree: the batch is what the VLM reads."""
+    from transformers import AutoModelForImageTextToText
+
+    data = write(tmp_path / "mixed.json", MIXED)
+    dataset = VisionSFTDataset(data, models[family], image_folder=str(images), cache=False, max_length=512)
+    batch = vision_collate_fn([dataset[i] for i in range(len(dataset))], dataset.tokenizer.pad_token_id)
+    if family == "qwen":  # one token per 2 x 2 merged patches of each image's grid
+        assert (batch["input_ids"] == dataset.processor.image_token_id).sum() == batch["vision"]["image_grid_thw"].prod(
+            -1
+        ).sum() // 4
+    model = AutoModelForImageTextToText.from_pretrained(models[family])
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        **batch["vision"],
+    )
+    assert torch.isfinite(out.loss)
