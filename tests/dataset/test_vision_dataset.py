@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from xtune.cli import main
-from xtune.dataset import SFTDataset, VisionSFTDataset, vision_collate_fn
+from xtune.dataset import SFTDataset, VisionSFTDataset, sft_collate_fn, vision_collate_fn
 from xtune.dataset.encode import IGNORE_INDEX
 from xtune.dataset.vision import DROPPED_IMAGE, collapse_image_tokens
 from xtune.errors import ConfigError, DataError
@@ -185,7 +185,10 @@ def test_collate_concatenates_images_in_item_order_with_a_packed_row(models, ima
     expected = dataset.processor.pixels([Image.open(p).convert("RGB") for p in order])["pixel_values"]
     assert torch.equal(batch["vision"]["pixel_values"], expected)
     assert (batch["input_ids"] == dataset.processor.image_token_id).sum() == 16 * len(order)
-    assert "vision" not in vision_collate_fn([dataset[text_only[0]]])
+    text = vision_collate_fn([dataset[text_only[0]]], 3)
+    assert "vision" not in text
+    plain = sft_collate_fn([dataset[text_only[0]]], 3)
+    assert text.keys() == plain.keys() and all(torch.equal(text[k], plain[k]) for k in plain)
 
 
 # ----------------------------------------------------------------------------- errors and counts
