@@ -173,6 +173,13 @@ def _check_placeholders(sample: dict[str, Any], where: str) -> None:
             )
 
 
+def _bad_row(exc: DataError, skip_bad_rows: bool, bad: dict) -> dict:
+    """A bad row's output (kept with its error for statistics), or the error with the skip hint."""
+    if not skip_bad_rows:
+        raise DataError(f"{exc} {SKIP_HINT}") from None
+    return {**bad, "note": str(exc)}
+
+
 def process_batch(
     batch: dict,
     spec: DatasetSpec,
@@ -192,21 +199,12 @@ def process_batch(
         origin = f"{row.get('_source', spec.path)}, row {row.get('_row', '?')}"
         try:
             sample = convert_row(row, spec, media.uses if media else ())
+            sample = fill_placeholders(sample, placeholders) if placeholders else sample
+            _check_placeholders(sample, origin)
+            sample = media.prepare(row, sample, origin) if media is not None else sample
         except DataError as exc:
-            if not skip_bad_rows:
-                raise DataError(f"{exc} {SKIP_HINT}") from None
-            results[index] = {**bad, "note": str(exc)}
+            results[index] = _bad_row(exc, skip_bad_rows, bad)
             continue
-        sample = fill_placeholders(sample, placeholders) if placeholders else sample
-        _check_placeholders(sample, origin)
-        if media is not None:
-            try:
-                sample = media.prepare(row, sample, origin)
-            except DataError as exc:
-                if not skip_bad_rows:
-                    raise DataError(f"{exc} {SKIP_HINT}") from None
-                results[index] = {**bad, "note": str(exc)}
-                continue
         samples.append(sample)
         where.append(origin)
         positions.append(index)
@@ -222,9 +220,7 @@ def process_batch(
             try:
                 result = media.finish(result, sample, options, origin)
             except DataError as exc:
-                if not skip_bad_rows:
-                    raise DataError(f"{exc} {SKIP_HINT}") from None
-                result = {**bad, "note": str(exc)}
+                result = _bad_row(exc, skip_bad_rows, bad)
         if result["status"].startswith("dropped: template"):
             result["note"] = f"{origin}: {result['status'][len('dropped: ') :]}"
         results[index] = result
