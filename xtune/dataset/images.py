@@ -158,7 +158,12 @@ class ImageRows:
                 )
         markers = sum((m.get("content") or "").count(IMAGE_PLACEHOLDER) for m in messages)
         if images and not markers:
-            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first is None:
+                raise DataError(
+                    f"{where}: the row has {len(images)} image(s) but no {IMAGE_PLACEHOLDER} marker and no user "
+                    f"message to put them in. Write {IMAGE_PLACEHOLDER} where each image belongs."
+                )
             marked = {**messages[first], "content": IMAGE_PLACEHOLDER * len(images) + messages[first]["content"]}
             messages = [*messages[:first], marked, *messages[first + 1 :]]
         try:
