@@ -250,6 +250,9 @@ def test_packing_is_refused_for_qwen_and_other_stages_columns_are_refused(models
         VisionSFTDataset("v", models["llava"], dataset_info=str(registry), cache=False)
     with pytest.raises(ConfigError, match="cannot train the sft stage"):  # text SFT still refuses images
         SFTDataset("mllm_demo", LM, cache=False)
+    llava_file = str(DATA / "llava_pretrain_demo.json")  # unregistered: LLaVA's "image" column is seen too
+    with pytest.raises(DataError, match="row 1: column 'image' holds images"):
+        SFTDataset(llava_file, LM, data_format="sharegpt", cache=False)
 
 
 def test_cache_key_follows_the_image_files_and_image_folder(models, images, tmp_path):

@@ -12,6 +12,10 @@ A dataset is named by ``data_path``, which is one of:
                   "tags": {"user_tag": "user"}}          # sharegpt role/content names
       "hub_data": {"hf_hub_url": "owner/name", "subset": "en", "split": "train", "num_samples": 1000}
 
+  Image-text entries (``"columns": {"images": ...}``, read by ``VisionSFTDataset``) keep their image paths
+  relative to the registry file's folder, as LLaMA-Factory's ``media_dir`` defaults to its dataset folder
+  (``image_folder`` overrides it; see :mod:`xtune.dataset.vision`).
+
 * an existing local file (.json, .jsonl, .parquet, .csv, .txt) or a folder of such files;
 * otherwise a Hugging Face Hub dataset name, read with ``datasets.load_dataset``.
 

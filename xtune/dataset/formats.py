@@ -426,6 +426,8 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec, uses: tuple[str, ...] = 
         if media in uses:
             continue
         column = _column(spec, media)
+        if media == "images" and media not in spec.columns and row.get(column) in (None, "", []):
+            column = "image"  # LLaVA's JSON names its one image so
         if row.get(column) not in (None, "", []):
             _fail(
                 where,
