@@ -288,11 +288,15 @@ def test_check_dataset_shows_images_and_their_token_counts(models, tmp_path, cap
     out = capsys.readouterr().out
     stats = json.loads(out[: out.index("--- row 0")])
     assert stats["images"] == 34 and stats["image_tokens"] == 34 * 16
-    assert "images: " + str(DATA / "vision_demo/images/red_circle.png") + " (16 image tokens)" in out
+    assert "images: " + str(DATA / "vision_demo/images/red_circle.png") + " (16 tokens)\n" in out
     assert "USER: <image x16>What colour is the shape? ASSISTANT:] Red." in out
     first = json.loads(dump.read_text().splitlines()[0])
     assert first["images"] == [str(DATA / "vision_demo/images/red_circle.png")] and "vision" not in first
     assert collapse_image_tokens("a<|image_pad|><|image_pad|>b", "<|image_pad|>") == "a<image x2>b"
+    assert (
+        collapse_image_tokens("a" + "<image>" * 5 + "b<image>", "<image>", [3, 2, 1])
+        == "a<image x3><image x2>b<image x1>"
+    )
 
 
 def test_shipped_demo_files_load_and_match_the_generator(tmp_path):

@@ -76,7 +76,11 @@ class ImageRows:
     from_hub: bool = False
 
     uses = ("images",)
-    features = {"images": datasets.Sequence(datasets.Value("string")), "image_tokens": datasets.Value("int64")}
+    # image_tokens: each image's token count, in the order of images
+    features = {
+        "images": datasets.Sequence(datasets.Value("string")),
+        "image_tokens": datasets.Sequence(datasets.Value("int64")),
+    }
 
     def __post_init__(self) -> None:
         tokenizer = self.processor.tokenizer
@@ -170,7 +174,7 @@ class ImageRows:
             messages = expand_image_markers(messages, counts, self.processor)
         except DataError as exc:
             raise DataError(f"{where}: {exc}.") from None
-        return {**sample, "messages": messages, "images": images, "image_tokens": sum(counts)}
+        return {**sample, "messages": messages, "images": images, "image_tokens": counts}
 
     def encode_options(self, options: EncodeOptions) -> EncodeOptions:
         # Encoded whole: finish() applies max_length, knowing where the images are.
@@ -181,7 +185,7 @@ class ImageRows:
         ids, labels = result["input_ids"], result["labels"]
         if not ids:
             return {**result, **self.empty()}
-        expected = sample["image_tokens"]
+        expected = sum(sample["image_tokens"])
         found = ids.count(self.processor.image_token_id)
         if found != expected:
             raise DataError(
@@ -196,10 +200,14 @@ class ImageRows:
                 return {"input_ids": [], "labels": [], "status": DROPPED_IMAGE, **self.empty()}
         out = fit_length(ids, labels, options)
         kept = bool(out["input_ids"])
-        return {**out, "images": sample["images"] if kept else [], "image_tokens": expected if kept else 0}
+        return {
+            **out,
+            "images": sample["images"] if kept else [],
+            "image_tokens": sample["image_tokens"] if kept else [],
+        }
 
     def empty(self) -> dict:
-        return {"images": [], "image_tokens": 0}
+        return {"images": [], "image_tokens": []}
 
     # ----------------------------------------------------------------------------- cache
     def identity(self, spec: DatasetSpec) -> str:
@@ -237,7 +245,21 @@ class ImageRows:
         return digest.hexdigest()
 
 
-def collapse_image_tokens(text: str, image_token: str) -> str:
-    """``text`` with each run of ``image_token`` shown as ``<image xN>`` (N tokens), for people to read."""
-    token = re.escape(image_token)
-    return re.sub(f"(?:{token})+", lambda m: f"<image x{len(m.group(0)) // len(image_token)}>", text)
+def collapse_image_tokens(text: str, image_token: str, counts: list[int] | None = None) -> str:
+    """``text`` with image tokens shown as ``<image xN>``, for people to read.
+
+    Each run of ``image_token`` is one image, or with ``counts`` (each image's tokens, in order) as many
+    images as those counts fill: adjacent images (``<image><image>``) are told apart.
+    """
+    remaining = list(counts or [])
+
+    def show(run: re.Match) -> str:
+        length = len(run.group(0)) // len(image_token)
+        parts = []
+        while remaining and length >= remaining[0] > 0:
+            parts.append(remaining.pop(0))
+            length -= parts[-1]
+        parts += [length] if length else []
+        return "".join(f"<image x{n}>" for n in parts)
+
+    return re.sub(f"(?:{re.escape(image_token)})+", show, text)

@@ -202,16 +202,17 @@ class VisionSFTDataset(SFTDataset):
         return {**item, "images": self.images(index)}
 
     def shown(self, index: int, text: str) -> str:
-        """``text`` of item ``index`` as check-dataset prints it: its images, and image tokens as ``<image xN>``."""
-        counts = self.data[self._samples(index)]["image_tokens"]
-        images = self.images(index)
-        head = "images: " + (", ".join(images) if images else "none") + f" ({sum(counts)} image tokens)\n"
-        return head + collapse_image_tokens(text, self.processor.image_token)
+        """``text`` of item ``index`` as check-dataset prints it: its images with their token counts, and the
+        image tokens as ``<image xN>``."""
+        counts = [n for row in self.data[self._samples(index)]["image_tokens"] for n in row]
+        images = [f"{path} ({n} tokens)" for path, n in zip(self.images(index), counts)]
+        head = "images: " + (", ".join(images) if images else "none") + "\n"
+        return head + collapse_image_tokens(text, self.processor.image_token, counts)
 
     def statistics(self) -> dict:
         stats = super().statistics()
         images = self.data.select_columns(["images", "image_tokens"])[self.valid.tolist()]
         stats["images"] = sum(len(paths_) for paths_ in images["images"])
-        stats["image_tokens"] = int(sum(images["image_tokens"]))
+        stats["image_tokens"] = int(sum(sum(counts) for counts in images["image_tokens"]))
         stats["samples_with_images"] = sum(1 for paths_ in images["images"] if paths_)
         return stats
