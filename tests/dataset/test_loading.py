@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xtune import paths
-from xtune.dataset.dataset_info import DatasetSpec, load_dataset_info, resolve_dataset
+from xtune.dataset.dataset_info import MEDIA_COLUMNS, DatasetSpec, load_dataset_info, resolve_dataset
 from xtune.dataset.formats import convert_rows
 from xtune.dataset.loading import load_rows
 from xtune.errors import ConfigError, DataError
@@ -238,7 +238,8 @@ def test_shipped_local_datasets_convert_without_bad_rows():
             continue  # Hub datasets are never downloaded in tests
         spec = resolve_dataset(name)
         assert Path(spec.path).parent == paths.DATASET_INFO.parent
-        samples, skipped = convert_rows(load_rows(spec), spec, skip_bad_rows=True)
+        uses = tuple(media for media in MEDIA_COLUMNS if media in spec.columns)  # read by the vision dataset
+        samples, skipped = convert_rows(load_rows(spec), spec, skip_bad_rows=True, uses=uses)
         assert samples and not skipped, (name, skipped[:3])
 
 
