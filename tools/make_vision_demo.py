@@ -12,6 +12,7 @@ size) in ``data/vision_demo/images/``, and two datasets over them, image paths r
   questions, two-image comparisons, a follow-up turn and text-only rows, for the finetune stage.
 
 The answers depend only on what the image shows, so training can be checked by asking them back.
+It also writes ``data/models/tiny_clip``, the random-init tiny CLIP vision tower of the CPU demo.
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT, help="the data folder to write into (default: data/)")
     args = parser.parse_args()
     files = write(args.root)
+    from xtune.testing.tiny_vision import make_tiny_clip
+
+    # the tiny CLIP tower the CPU demo composes with data/models/tiny_llama (configs/tiny/llava_*)
+    clip = make_tiny_clip(args.root / "models" / "tiny_clip")
+    files += sorted(clip.iterdir())
     print(f"wrote {len(files)} files under {args.root} ({sum(f.stat().st_size for f in files)} bytes)")
 
 
