@@ -387,3 +387,46 @@ def test_refused_combinations_say_what_to_set(llava, qwen):
             SupervisedFinetune(**composed, **knobs)
     with pytest.raises(ConfigError, match="freeze_llm=True set, but .* is a text model"):
         SupervisedFinetune(str(lm), finetune_type="full", freeze_llm=True)
+
+
+def test_freeze_type_trains_the_last_layers_and_the_projector(llava):
+    lm, clip, _, _ = llava
+    model = SupervisedFinetune(
+        str(lm), vision_tower=str(clip), finetune_type="freeze", dtype="fp32", freeze={"trainable_layers": 1}
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(PROJECTOR in n for n in trainable) and any(".layers.1." in n for n in trainable)
+    assert all(PROJECTOR in n or "language_model.layers.1." in n for n in trainable)
+    assert set(model.state_dict()) == trainable
+
+
+def test_qlora_keeps_vision_parts_unquantized_and_needs_a_gpu(llava, qwen):
+    from transformers import BitsAndBytesConfig
+
+    from xtune.errors import XtuneError
+    from xtune.hf.vision import VISION_FAMILIES
+    from xtune.model.vision import quantization_skips
+
+    config = BitsAndBytesConfig(load_in_4bit=True)
+    quantization_skips(config, VISION_FAMILIES["qwen2_5_vl"])
+    assert config.llm_int8_skip_modules == ["model.visual", "model.visual.merger", "lm_head"]
+    lm, clip, _, _ = llava
+    for build in (
+        dict(pretrained_model_name_or_path=str(lm), vision_tower=str(clip)),
+        dict(pretrained_model_name_or_path=str(qwen[0])),
+    ):
+        with pytest.raises(XtuneError, match="qlora needs a CUDA GPU"):
+            SupervisedFinetune(**build, finetune_type="qlora")
+
+
+def test_throughput_hook_counts_the_language_model(llava):
+    from types import SimpleNamespace
+
+    from xtune.engine.hooks.throughput import ThroughputHook
+
+    lm, clip, _, _ = llava
+    model = SupervisedFinetune(str(lm), vision_tower=str(clip), finetune_type="lora", lora=LORA)
+    hook = ThroughputHook()
+    hook.before_train(SimpleNamespace(model=model))
+    assert (hook._layers, hook._width) == (2, 64)
+    assert hook._settings["attn_implementation"] == "xtune_varlen"
