@@ -143,7 +143,7 @@ class FinetuneModel(BaseModel):
         self.dtype = resolve_dtype(dtype, knob="model.dtype")
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         quantized = finetune_type == "qlora"
-        self.vision = VisionSettings(
+        self.vision_settings = VisionSettings(
             vision_tower, projector, freeze_llm, freeze_vision_tower, freeze_projector, vision_lora
         )
         loading = dict(
@@ -157,15 +157,14 @@ class FinetuneModel(BaseModel):
         self.vision_family = None  # the VisionFamily of a vision-language model; None for text
         if vision_tower is not None or is_vision_language(pretrained_model_name_or_path, trust_remote_code):
             self.llm, self.vision_family = vision.load(
-                pretrained_model_name_or_path, self.vision, finetune_type, self.objective.model_kind, **loading
+                pretrained_model_name_or_path, self.vision_settings, finetune_type, self.objective.model_kind, **loading
             )
             self.attn_implementation = vision.choose_attention(self.llm, self.vision_family, attn_implementation)
             vision.refuse_unsupported(sequence_parallel_size, tiled_mlp)
         else:
-            if self.vision.changed():
+            if changed := self.vision_settings.changed():
                 raise ConfigError(
-                    f"{', '.join(self.vision.changed())} set, but {pretrained_model_name_or_path} is a text model. "
-                    + VISION_FIX
+                    f"{', '.join(changed)} set, but {pretrained_model_name_or_path} is a text model. " + VISION_FIX
                 )
             self.llm = load_model(pretrained_model_name_or_path, kind=self.objective.model_kind, **loading)
             self.attn_implementation = choose_attention(self.llm, attn_implementation)
@@ -192,7 +191,7 @@ class FinetuneModel(BaseModel):
         if finetune_type == "freeze":
             self._apply_freeze(freeze or {})
         if self.vision_family is not None:
-            vision.set_trainable_parts(self.llm, self.vision_family, self.vision, finetune_type)
+            vision.set_trainable_parts(self.llm, self.vision_family, self.vision_settings, finetune_type)
         if finetune_type in vision.ADAPTER_TYPES:
             self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
         # the trainable vision-side parameters, touched by every step's zero term (see xtune.model.vision)
@@ -264,10 +263,10 @@ class FinetuneModel(BaseModel):
         task = "SEQ_CLS" if self.objective.model_kind == "sequence_classification" else "CAUSAL_LM"
         if self.vision_family is not None:  # adapters on the language model (and the ViT); the projector in full
             settings["target_modules"] = vision.lora_targets(
-                self.llm, self.vision_family, self.vision, settings["target_modules"]
+                self.llm, self.vision_family, self.vision_settings, settings["target_modules"]
             )
             settings["modules_to_save"] = vision.modules_to_save(
-                self.vision_family, self.vision, settings["modules_to_save"]
+                self.vision_family, self.vision_settings, settings["modules_to_save"]
             )
         config = LoraConfig(task_type=task, use_dora=use_dora, **settings)
         with warnings.catch_warnings():
