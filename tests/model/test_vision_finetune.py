@@ -430,3 +430,48 @@ def test_throughput_hook_counts_the_language_model(llava):
     hook.before_train(SimpleNamespace(model=model))
     assert (hook._layers, hook._width) == (2, 64)
     assert hook._settings["attn_implementation"] == "xtune_varlen"
+
+
+def _ddp_rank(rank: int, port: int, lm: str, clip: str, out: str) -> None:
+    """One of two gloo ranks: DDP (no unused-parameter search) over a LoRA LLaVA with ViT adapters, the ranks
+    taking turns at a text-only batch."""
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = SupervisedFinetune(
+            lm, vision_tower=clip, finetune_type="lora", dtype="fp32", lora=LORA, vision_lora=True
+        )
+        processor = load_processor(lm, vision_tower=clip)
+        ddp = DistributedDataParallel(model)
+        batches = [_text_only(processor), _llava_steps(processor)[0]]
+        for step in range(3):
+            ddp(**batches[(rank + step) % 2], mode="loss")["loss"].backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            model.zero_grad(set_to_none=True)
+        torch.save(grads, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_agree_when_one_has_no_image(llava, tmp_path):
+    """Without the zero term, DDP stops at the second step: the text-only rank never used the projector or
+    the ViT adapters (nor does any rank use the ViT's last layer, which LLaVA does not read)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    lm, clip, _, _ = llava
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(lm), str(clip), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert any(PROJECTOR in name and grad.any() for name, grad in first.items())
