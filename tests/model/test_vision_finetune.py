@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, LlavaForConditionalGenerat
 
 from xtune.dataset.collate import sft_collate_fn
 from xtune.errors import ConfigError
-from xtune.hf.vision import compose_llava, load_processor
+from xtune.hf.vision import VISION_FAMILIES, compose_llava, load_processor
 from xtune.model import SupervisedFinetune
 from xtune.testing.tiny_models import make_tiny_model
 from xtune.testing.tiny_vision import make_tiny_clip, make_tiny_vlm
@@ -103,7 +103,7 @@ def _hf_inputs(batch: dict, token_types: dict | None = None) -> dict:
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
     if "vision" in batch:
         inputs.update(batch["vision"])
-        if token_types is not None:  # what transformers' Qwen processor returns beside input_ids
+        if token_types is not None:
             types = torch.zeros_like(batch["input_ids"], dtype=torch.int32)
             for token, kind in token_types.items():
                 types[batch["input_ids"] == token] = kind
@@ -217,9 +217,11 @@ def test_llava_lora_equals_plain_peft(llava):
         assert torch.equal(value, trained[key]), key
 
 
-@pytest.mark.parametrize("chunk", [1024, 0])
-def test_qwen2_5_vl_lora_equals_plain_peft(qwen, chunk):
-    path, processor = qwen
+@pytest.mark.parametrize(("arch", "chunk"), [("qwen2_5_vl", 1024), ("qwen2_5_vl", 0), ("llava", 1024)])
+def test_vlm_folder_lora_equals_plain_peft(qwen, tmp_path, arch, chunk):
+    """A VLM folder (Qwen2.5-VL; llava-1.5-hf's layout) trained with LoRA equals plain peft on unpacked rows."""
+    path, processor = qwen if arch == "qwen2_5_vl" else (make_tiny_vlm("llava", tmp_path / "llava"), None)
+    processor = processor or load_processor(path)
     torch.manual_seed(0)
     ours = SupervisedFinetune(str(path), finetune_type="lora", dtype="fp32", lora=LORA, loss_chunk_size=chunk)
     assert (ours._chunkable_head() is not None) == bool(chunk) and ours.attn_implementation == "xtune_varlen"
@@ -227,14 +229,15 @@ def test_qwen2_5_vl_lora_equals_plain_peft(qwen, chunk):
     base = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
     targets = _linear_names(base, "model.language_model")
     assert set(ours.llm.base_model.targeted_module_names) == set(targets)
-    reference = _lora_reference(base, targets, ["model.visual.merger"], ours)
+    reference = _lora_reference(base, targets, [VISION_FAMILIES[arch].projector], ours)
     samples = [
         _sample(processor, "what is this?", [_image(0, (56, 56))], "a blue square"),
         _sample(processor, "and these", [_image(1, (30, 100)), _image(2, (56, 84))], "two shapes"),
         _sample(processor, "plain text", [], "yes"),
     ]
     batches = [_batch(processor, samples[:2]), _batch(processor, samples[1:]), _batch(processor, samples[::-1])]
-    token_types = {processor.image_token_id: 1}
+    # what transformers' Qwen processor returns beside input_ids; LLaVA reads none
+    token_types = {processor.image_token_id: 1} if arch == "qwen2_5_vl" else None
     start = {name: p.detach().clone() for name, p in reference.named_parameters()}
     ours_losses = _train_ours(ours, batches)
     their_losses = _train_reference(reference, batches, token_types)
