@@ -208,10 +208,16 @@ def trainable_vision_parameters(vlm, family: VisionFamily) -> list[torch.nn.Para
 
 def zero_term(parameters: list[torch.nn.Parameter]) -> torch.Tensor | float:
     """Zero, as a function of every parameter in ``parameters``: each gets a gradient (of zeros) even when the
-    batch did not use it."""
-    if not parameters:
+    batch did not use it.
+
+    ZeRO-3-partitioned parameters (``ds_id``, partitioned when DeepSpeed wraps the model) are left out: outside
+    their module's forward they hold an empty shard. (DDP's reducer is the one that needs every parameter
+    used; ZeRO-3 with images has no test yet.)
+    """
+    whole = [p for p in parameters if not hasattr(p, "ds_id")]
+    if not whole:
         return 0.0
-    return sum(p.sum() for p in parameters) * 0.0
+    return sum(p.sum() for p in whole) * 0.0
 
 
 # ----------------------------------------------------------------------------------------- batches
@@ -353,6 +359,7 @@ def load(path: str, settings: VisionSettings, finetune_type: str, kind: str, *, 
         model = compose_llava(path, settings.vision_tower, quantization=quantization, **loading)
     else:
         config = AutoConfig.from_pretrained(path, trust_remote_code=loading.get("trust_remote_code", False))
+        vision_family(config.model_type)  # an unknown family is refused before its weights are loaded
         if quantization is not None:
             quantization_skips(quantization, vision_family(config.model_type))
         model = load_vision_model(path, quantization=quantization, **loading)
