@@ -337,7 +337,9 @@ def _hf_folder_weights(folder: Path, projector: str) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- loading
-def load(path: str, settings: VisionSettings, finetune_type: str, kind: str, *, quantization: Any = None, **loading):
+def load(
+    path: str, settings: VisionSettings, finetune_type: str, kind: str, *, quantization: Any = None, **loading
+) -> tuple[Any, VisionFamily]:
     """The VLM to train and its family: LLaVA composed from the causal LM at ``path`` and
     ``settings.vision_tower``, or the VLM folder at ``path``; the pretrain stage's projector loaded.
 
