@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 import xtune.engine  # noqa: F401  (registers the runner, loop, hooks, model and dataset)
 import xtune.model  # noqa: F401
@@ -19,7 +20,7 @@ from tests.config.test_config_zoo import ONE_STEP, _runner, is_vision_config
 from xtune.config import list_configs, load_config
 from xtune.errors import XtuneError
 from xtune.registry import MODELS
-from xtune.testing import make_tiny_model
+from xtune.testing import make_tiny_model, tiny_tokenizer_dir
 from xtune.testing.tiny_vision import make_tiny_clip, make_tiny_vlm
 
 VISION_CONFIGS = [path for path in list_configs() if is_vision_config(path)]
@@ -85,6 +86,9 @@ def test_vision_config_agrees_with_its_name(path):
 @pytest.fixture(scope="module")
 def tiny_parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("vision_zoo")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+    tokenizer.bos_token = "<|endoftext|>"  # the llama3 template writes one (as in test_config_zoo)
+    tokenizer.save_pretrained(root / "tokenizer")
     made: dict[str, Path] = {}
 
     def get(name: str) -> Path:
@@ -94,7 +98,7 @@ def tiny_parts(tmp_path_factory):
             elif name in ("llava", "qwen2_5_vl"):
                 made[name] = make_tiny_vlm(name, root / name)
             else:
-                made[name] = make_tiny_model(name, root / name)
+                made[name] = make_tiny_model(name, root / name, tokenizer_dir=root / "tokenizer")
         return made[name]
 
     return get
