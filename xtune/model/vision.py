@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from xtune.checkpoint.files import POINTER_NAME, last_checkpoint, read_pointer
 from xtune.errors import CheckpointError, ConfigError
 from xtune.hf.vision import VisionFamily, submodule, vision_family
 
@@ -252,8 +253,8 @@ def vision_inputs(batch: dict, token_types: dict[int, int] | None) -> dict:
 
 # ----------------------------------------------------------------------------------------- projector
 PROJECTOR_FIX = (
-    "Set model.projector to the pretrain stage's checkpoint: work_dirs/<pretrain config>/iter_N.pth, its ZeRO "
-    "folder, or the folder pth_to_hf converted it to (model.safetensors)."
+    "Set model.projector to the pretrain stage's work dir (work_dirs/<pretrain config>), one of its checkpoints "
+    "(iter_N.pth, a ZeRO folder), or the folder pth_to_hf converted it to (model.safetensors)."
 )
 
 
@@ -261,13 +262,22 @@ def load_projector(vlm, family: VisionFamily, path: str | Path) -> None:
     """Load the projector weights a pretrain stage trained into ``vlm``'s projector.
 
     ``path``: an xtune ``.pth`` checkpoint or ZeRO folder (keys ``llm.<projector path>.*``, also under peft's
-    wrapper), or a transformers folder (``model.safetensors``, sharded or not).
+    wrapper), the pretrain run's work dir (its newest checkpoint, by ``last_checkpoint``), or a transformers
+    folder (``model.safetensors``, sharded or not).
 
     Raises:
         ConfigError: The path cannot be read, holds no projector weights, or their names or shapes differ
             from this model's projector.
     """
     path = Path(path)
+    if path.is_dir() and (path / POINTER_NAME).is_file():
+        newest = last_checkpoint(path)
+        if newest is None:
+            raise ConfigError(
+                f"model.projector={str(path)!r} is a work dir whose last_checkpoint names {read_pointer(path)!r}, "
+                "which does not exist. " + PROJECTOR_FIX
+            )
+        path = Path(newest)
     projector = submodule(vlm, family.projector)
     expected = projector.state_dict()
     found = _projector_weights(path, family.projector)
