@@ -134,3 +134,20 @@ def test_vision_config_trains_one_step_on_tiny_models(path, tiny_parts, tmp_path
         assert all("multi_modal_projector" in name for name in trainable)
     if shipped.freeze_vision_tower:
         assert not any("vision_tower" in name or ".visual.blocks" in name for name in trainable)
+
+
+def test_a_missing_projector_or_image_folder_is_named_before_anything_loads(tmp_path, capsys):
+    from xtune.cli import main
+
+    config = "llava_tiny_llama_tiny_clip_full_mllm_demo_e30"
+    # shipped, the finetune stage starts from the pretrain stage's work dir, which this machine has not made
+    assert main(["train", config, "--work-dir", str(tmp_path / "a")]) == 2
+    error = capsys.readouterr().err
+    assert (
+        "projector: './work_dirs/llava_tiny_llama_tiny_clip_pretrain_llava_pretrain_demo_e20' does not exist" in error
+    )
+    assert "image_folder" not in error
+    options = ["--cfg-options", "projector=None", f"image_folder={tmp_path / 'nowhere'}"]
+    assert main(["train", config, "--work-dir", str(tmp_path / "b"), *options]) == 2
+    assert "image_folder: " in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written

@@ -84,6 +84,18 @@ def _dataset_problems(resolved: dict) -> list[str]:
             )
         except XtuneError as exc:
             problems.append(f"{key}: {str(exc).rstrip('.')}")
+    folder = dataset.get("image_folder")
+    if isinstance(folder, str) and not folder.startswith("${") and not Path(folder).expanduser().is_dir():
+        problems.append(
+            f"image_folder: {folder!r} is not a folder. Set it to the folder the data's image paths are relative "
+            "to (e.g. --cfg-options image_folder=/data/llava_images)"
+        )
+    projector = resolved.get("model", {}).get("projector") if isinstance(resolved.get("model"), dict) else None
+    if isinstance(projector, str) and not projector.startswith("${") and not Path(projector).expanduser().exists():
+        problems.append(
+            f"projector: {projector!r} does not exist. Set it to the pretrain stage's work dir or checkpoint "
+            "(--cfg-options projector=work_dirs/<pretrain config>), or projector=None for a new projector"
+        )
     return problems
 
 

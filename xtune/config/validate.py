@@ -99,6 +99,18 @@ KNOBS: dict[str, Rule] = {
     "sequence_parallel_size": _ints(1),
     "activation_offload": BOOL,
     "tiled_mlp": _ints(0),
+    "vision_tower": Rule(
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "None or a CLIP/SigLIP folder or hub name"
+    ),
+    "projector": Rule(
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+        "None or the pretrain stage's work dir, checkpoint or converted folder",
+    ),
+    "freeze_llm": BOOL,
+    "freeze_vision_tower": BOOL,
+    "freeze_projector": BOOL,
+    "vision_lora": BOOL,
+    "image_folder": Rule(lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "None or a folder"),
     "name": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "author": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "skip_bad_rows": BOOL,
