@@ -18,12 +18,13 @@ def parts(tmp_path_factory):
     return make_tiny_model("llama", root / "lm"), make_tiny_clip(root / "clip")
 
 
-def _logits(model, processor, sizes):
+def _logits(model, processor, sizes, token_types: bool = False):
     images = [Image.new("RGB", (w, h), (200, 30 * i, 10)) for i, (h, w) in enumerate(sizes)]
     text = "look " + " and ".join(processor.image_text(n) for n in processor.token_counts(sizes)) + " here"
     ids = processor.tokenizer(text, return_tensors="pt").input_ids
+    extra = {"mm_token_type_ids": (ids == processor.image_token_id).long()} if token_types else {}
     with torch.no_grad():
-        return ids, model(input_ids=ids, **processor.pixels(images)).logits
+        return ids, model(input_ids=ids, **processor.pixels(images), **extra).logits
 
 
 def test_composed_llava_is_the_lm_and_vit_and_saves_as_plain_llava(parts, tmp_path):
@@ -66,15 +67,16 @@ def test_llava_token_count_matches_transformers_processor(tmp_path):
     assert ours.token_counts([(30, 50)]) == [int((expanded == ours.image_token_id).sum())]
 
 
-def test_qwen_vl_token_count_follows_the_patch_grid(tmp_path):
-    path = make_tiny_vlm("qwen2_5_vl", tmp_path / "qwen")
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vl_token_count_follows_the_patch_grid(tmp_path, arch):
+    path = make_tiny_vlm(arch, tmp_path / "qwen")
     processor = load_processor(path)
     model = load_vision_model(path)
     sizes = [(56, 56), (30, 100), (112, 112)]
     counts = processor.token_counts(sizes)
     grid = processor.pixels([Image.new("RGB", (w, h)) for h, w in sizes])["image_grid_thw"]
     assert counts == [int(g.prod()) // 4 for g in grid]
-    ids, logits = _logits(model, processor, sizes)  # the model accepts exactly that many tokens
+    ids, logits = _logits(model, processor, sizes, token_types=True)  # the model accepts exactly that many tokens
     assert logits.shape[1] == ids.shape[1]
 
 

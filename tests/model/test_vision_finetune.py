@@ -217,10 +217,13 @@ def test_llava_lora_equals_plain_peft(llava):
         assert torch.equal(value, trained[key]), key
 
 
-@pytest.mark.parametrize(("arch", "chunk"), [("qwen2_5_vl", 1024), ("qwen2_5_vl", 0), ("llava", 1024)])
+@pytest.mark.parametrize(
+    ("arch", "chunk"), [("qwen2_5_vl", 1024), ("qwen2_5_vl", 0), ("llava", 1024), ("qwen3_vl", 1024)]
+)
 def test_vlm_folder_lora_equals_plain_peft(qwen, tmp_path, arch, chunk):
-    """A VLM folder (Qwen2.5-VL; llava-1.5-hf's layout) trained with LoRA equals plain peft on unpacked rows."""
-    path, processor = qwen if arch == "qwen2_5_vl" else (make_tiny_vlm("llava", tmp_path / "llava"), None)
+    """A VLM folder (Qwen2.5-VL, Qwen3-VL; llava-1.5-hf's layout) trained with LoRA equals plain peft on unpacked
+    rows."""
+    path, processor = qwen if arch == "qwen2_5_vl" else (make_tiny_vlm(arch, tmp_path / arch), None)
     processor = processor or load_processor(path)
     torch.manual_seed(0)
     ours = SupervisedFinetune(str(path), finetune_type="lora", dtype="fp32", lora=LORA, loss_chunk_size=chunk)
@@ -237,7 +240,7 @@ def test_vlm_folder_lora_equals_plain_peft(qwen, tmp_path, arch, chunk):
     ]
     batches = [_batch(processor, samples[:2]), _batch(processor, samples[1:]), _batch(processor, samples[::-1])]
     # what transformers' Qwen processor returns beside input_ids; LLaVA reads none
-    token_types = {processor.image_token_id: 1} if arch == "qwen2_5_vl" else None
+    token_types = {processor.image_token_id: 1} if arch.startswith("qwen") else None
     start = {name: p.detach().clone() for name, p in reference.named_parameters()}
     ours_losses = _train_ours(ours, batches)
     their_losses = _train_reference(reference, batches, token_types)

@@ -45,7 +45,19 @@ LORA_DEFAULTS = {
 # tests/model/test_vision_finetune.py the VLMs', by the ``model_type`` of their language model). Others train
 # on the full logits.
 CHUNKED_LOSS_MODEL_TYPES = frozenset(
-    {"llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "phi3", "glm4", "qwen2_5_vl_text"}
+    {
+        "llama",
+        "qwen2",
+        "qwen3",
+        "mistral",
+        "mixtral",
+        "gemma",
+        "gemma2",
+        "phi3",
+        "glm4",
+        "qwen2_5_vl_text",
+        "qwen3_vl_text",
+    }
 )
 
 

@@ -23,7 +23,7 @@ from xtune.testing.tiny_models import tiny_config, tiny_tokenizer_dir
 
 TINY_IMAGE_SIZE = 32
 """Side of the tiny CLIP's square input: 4 x 4 patches of 8 pixels, so 16 image tokens per image."""
-TINY_VLMS = ("llava", "qwen2_5_vl")
+TINY_VLMS = ("llava", "qwen2_5_vl", "qwen3_vl")
 """Families :func:`make_tiny_vlm` builds (the ``model_type`` of each)."""
 
 _CLIP = {
@@ -81,7 +81,7 @@ def make_tiny_vlm(arch: str, path: str | Path, *, seed: int = 0) -> Path:
         raise ConfigError(f"make_tiny_vlm: unknown arch {arch!r}; expected one of {', '.join(TINY_VLMS)}.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    build = _tiny_llava if arch == "llava" else _tiny_qwen2_5_vl
+    build = {"llava": _tiny_llava, "qwen2_5_vl": _tiny_qwen2_5_vl, "qwen3_vl": _tiny_qwen3_vl}[arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, processor = build()
@@ -151,3 +151,46 @@ def _tiny_qwen2_5_vl():
     # transformers' Qwen2_5_VLProcessor needs torchvision (for videos): the two parts are saved on their own
     processor = VisionProcessor(tokenizer, image_processor, "qwen2_5_vl", "<|image_pad|>")
     return Qwen2_5_VLForConditionalGeneration(config), processor
+
+
+def _tiny_qwen3_vl():
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from xtune.hf.vision import VisionProcessor
+
+    tokenizer = _tokenizer(_QWEN_TOKENS)
+    ids = dict(zip(_QWEN_TOKENS, tokenizer.convert_tokens_to_ids(_QWEN_TOKENS)))
+    text = tiny_config("qwen3").to_dict()
+    # interleaved multimodal RoPE over head_dim 16's 8 frequencies (time, height, width)
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+    }
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": text["hidden_size"],
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,  # an 8 x 8 grid of learned positions, interpolated per image
+            "deepstack_visual_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    # 32-pixel patches after merging; at most 4 x 4 of them per image
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, min_pixels=32 * 32, max_pixels=4 * 4 * 32 * 32
+    )
+    processor = VisionProcessor(tokenizer, image_processor, "qwen3_vl", "<|image_pad|>")
+    return Qwen3VLForConditionalGeneration(config), processor
