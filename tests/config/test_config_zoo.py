@@ -80,7 +80,7 @@ ONE_STEP = {
 }
 
 # Image-text configs have their own naming and tiny stand-ins: tests/config/test_vision_configs.py
-VISION_FAMILIES = {"llava", "llava_1_5", "qwen2_5_vl"}
+VISION_FAMILIES = {"llava", "llava_1_5", "qwen2_5_vl", "qwen3_vl"}
 
 
 def is_vision_config(path: Path) -> bool:

@@ -37,7 +37,11 @@ LLMS = {
 }
 VISION = {"clip_vit_large_p14_336": "openai/clip-vit-large-patch14-336", "tiny_clip": "tiny_clip"}
 # VLM folders: family -> (tiny family, template, hub id start)
-VLMS = {"qwen2_5_vl": ("qwen2_5_vl", "auto", "Qwen/Qwen2.5-VL-"), "llava_1_5": ("llava", "llava", "llava-hf/")}
+VLMS = {
+    "qwen2_5_vl": ("qwen2_5_vl", "auto", "Qwen/Qwen2.5-VL-"),
+    "qwen3_vl": ("qwen3_vl", "auto", "Qwen/Qwen3-VL-"),
+    "llava_1_5": ("llava", "llava", "llava-hf/"),
+}
 DATA = {
     "llava_558k": "blip_laion_cc_sbu_558k.json",
     "llava_665k": "llava_v1_5_mix665k.json",
@@ -95,7 +99,7 @@ def tiny_parts(tmp_path_factory):
         if name not in made:
             if name == "clip":
                 made[name] = make_tiny_clip(root / name)
-            elif name in ("llava", "qwen2_5_vl"):
+            elif name in ("llava", "qwen2_5_vl", "qwen3_vl"):
                 made[name] = make_tiny_vlm(name, root / name)
             else:
                 made[name] = make_tiny_model(name, root / name, tokenizer_dir=root / "tokenizer")
