@@ -35,9 +35,9 @@ def vision_models(tmp_path_factory) -> VisionModels:
     return VisionModels(models, root / "red.png", root / "blue.jpg")
 
 
-def make_vlm_adapter(folder, out) -> Path:
-    """A LoRA adapter on the language model of the VLM in ``folder``, with random (non-zero) weights, so
-    that it changes the answers."""
+def make_vlm_adapter(folder, out, target: str = "language_model") -> Path:
+    """A LoRA adapter on the attention of one part (``language_model``, or the vision tower's module name)
+    of the VLM in ``folder``, with random (non-zero) weights, so that it changes the answers."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
@@ -45,7 +45,7 @@ def make_vlm_adapter(folder, out) -> Path:
     config = LoraConfig(
         r=4,
         lora_alpha=8,
-        target_modules=r".*language_model.*\.(q_proj|v_proj)",
+        target_modules=rf".*{target}.*\.(q_proj|v_proj|qkv)",
         init_lora_weights=False,
     )
     with torch.random.fork_rng(devices=[]):
