@@ -117,6 +117,7 @@ def load_checkpoint_for_chat(
         read_checkpoint,
         tokenizer_settings,
     )
+    from xtune.convert.vision import is_vision_run, trained_processor
     from xtune.dataset.tokenizer import load_tokenizer_with_template
 
     cfg = load_config(config, cfg_options)
@@ -126,8 +127,10 @@ def load_checkpoint_for_chat(
     if model_settings(cfg).get("finetune_type") == "qlora":
         print("xtune: serving the qlora adapter on an unquantized base model", file=sys.stderr)
     model = build_trained_model(cfg, trained.state, dtype=dtype, source=f"checkpoint {checkpoint}")
+    settings = model_settings(cfg)
     tokenizer_path, template = tokenizer_settings(cfg)
-    tokenizer = load_tokenizer_with_template(
-        tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code"))
-    )
+    if is_vision_run(settings):  # images in, as the run's data fed them
+        processor = trained_processor(settings, tokenizer_path, template)
+        return ChatModel(model.llm.to(device).eval(), processor.tokenizer, template, processor)
+    tokenizer = load_tokenizer_with_template(tokenizer_path, template, bool(settings.get("trust_remote_code")))
     return ChatModel(model.llm.to(device).eval(), tokenizer, template)

@@ -91,3 +91,37 @@ def verification_inputs(processor: VisionProcessor, text_ids: torch.Tensor, seed
     ids = torch.cat([text_ids[:, :middle], image_ids, text_ids[:, middle:]], dim=1)
     vision = processor.pixels([image] * rows)
     return {"input_ids": ids, **vision}
+
+
+def is_vision_run(settings: dict) -> bool:
+    """Whether a config's ``model`` settings train a vision-language model: LLaVA composed from a
+    ``vision_tower``, or a VLM folder as ``pretrained_model_name_or_path``."""
+    from xtune.hf.vision import is_vision_language
+
+    if settings.get("vision_tower"):
+        return True
+    path = settings.get("pretrained_model_name_or_path")
+    return isinstance(path, str) and is_vision_language(path, bool(settings.get("trust_remote_code")))
+
+
+def trained_processor(settings: dict, tokenizer_path: str, template: str) -> VisionProcessor:
+    """The processor a vision run trained with: the tokenizer (``<image>`` added for a composed LLaVA) with
+    the run's chat template, and the VLM's or the vision tower's image processor.
+
+    Raises:
+        ConfigError: The model or vision tower cannot be loaded, or the template is unknown.
+    """
+    from xtune.dataset.templates import set_chat_template
+    from xtune.hf.load import load_tokenizer
+    from xtune.hf.vision import load_processor
+
+    trust = bool(settings.get("trust_remote_code"))
+    vision_tower = settings.get("vision_tower") or None
+    if vision_tower is not None:  # LLaVA composed: the LM's tokenizer with <image> added
+        processor = load_processor(tokenizer_path, vision_tower=vision_tower, trust_remote_code=trust)
+    else:
+        processor = load_processor(settings["pretrained_model_name_or_path"], trust_remote_code=trust)
+        if tokenizer_path != settings["pretrained_model_name_or_path"]:
+            processor.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust)
+    set_chat_template(processor.tokenizer, template)
+    return processor
