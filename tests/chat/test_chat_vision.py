@@ -23,8 +23,8 @@ def test_image_prompt_equals_transformers_generate(vision_models, capsys, arch):
     status, out, _ = _chat(capsys, folder, "--image", vision_models.red, "--prompt", QUESTION, *GREEDY)
     assert status == 0
     red = open_image(vision_models.red)
-    # no <image> marker in the prompt: the image goes on its own line before the text
-    expected = reference_answer(folder, [{"role": "user", "content": "<image>\n" + QUESTION}], [red])
+    # no <image> marker in the prompt: the image goes before the text, as training data without markers
+    expected = reference_answer(folder, [{"role": "user", "content": "<image>" + QUESTION}], [red])
     assert out == expected + "\n" and expected
     # the pixels are read: another image gives another answer (same prompt)
     status, other, _ = _chat(capsys, folder, "--image", vision_models.blue, "--prompt", QUESTION, *GREEDY)
@@ -38,7 +38,7 @@ def test_images_go_where_the_markers_are(vision_models, capsys):
     status, out, _ = _chat(capsys, folder, *args, *GREEDY)
     images = [open_image(vision_models.blue), open_image(vision_models.red)]
     first = reference_answer(folder, [{"role": "user", "content": prompt}], images)
-    second = reference_answer(folder, [{"role": "user", "content": "<image>\n<image>\n" + QUESTION}], images)
+    second = reference_answer(folder, [{"role": "user", "content": "<image><image>" + QUESTION}], images)
     assert status == 0 and out == f"{first}\n{second}\n"  # each --prompt gets the images
 
 
@@ -48,7 +48,7 @@ def test_adapter_on_a_vision_language_base(vision_models, capsys, tmp_path):
     args = ["--image", vision_models.red, "--prompt", QUESTION, *GREEDY]
     status, out, _ = _chat(capsys, folder, "--adapter", adapter, *args)
     red = open_image(vision_models.red)
-    messages = [{"role": "user", "content": "<image>\n" + QUESTION}]
+    messages = [{"role": "user", "content": "<image>" + QUESTION}]
     expected = reference_answer(folder, messages, [red], adapter=adapter)
     assert status == 0 and out == expected + "\n"
     assert expected != reference_answer(folder, messages, [red])  # the adapter changes the answer

@@ -60,8 +60,9 @@ def image_from_bytes(data: bytes, source: str):
 
 
 def with_image_markers(text: str, count: int) -> str:
-    """``text`` with one ``<image>`` line per image before it when it holds no marker (where LLaVA's data
-    puts its image); ``text`` unchanged when it places its images itself."""
+    """``text`` with its images' ``<image>`` markers at its start when it holds none: the rule training
+    data follows for a row without markers (LLaMA-Factory's), so a prompt is read as such a row was.
+    ``text`` is unchanged when it places its images itself (LLaVA's data writes ``<image>\n`` first)."""
     if count == 0 or IMAGE_PLACEHOLDER in text:
         return text
-    return (IMAGE_PLACEHOLDER + "\n") * count + text
+    return IMAGE_PLACEHOLDER * count + text

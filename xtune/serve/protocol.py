@@ -208,21 +208,24 @@ def _text(content: str | list[ContentPart] | None, index: int, images: list[tupl
     if content is None or isinstance(content, str):
         return content or ""
     param = f"messages.{index}.content"
-    pieces = []
+    text, previous = "", None
     for part in content:
         if part.type == "text" and part.text is not None:
-            pieces.append(part.text)
+            # text parts are lines; an image sits right against its neighbours, so [image, text] reads
+            # "<image>text": what `xtune chat --image` asks and how training data places unmarked images
+            text += ("\n" if previous == "text" else "") + part.text
+            previous = "text"
         elif part.type == "image_url" and images is not None:
             if part.image_url is None:
                 raise APIError(400, f"{param}: an image_url part needs image_url: {{url: ...}}.", param=param)
             images.append((param, part.image_url.url))
-            pieces.append(IMAGE_PLACEHOLDER)
+            text += IMAGE_PLACEHOLDER
+            previous = "image"
         else:
             reads = "text only" if images is None else "text and images"
             message = f"messages[{index}].content: this model reads {reads}, got a '{part.type}' part."
             raise APIError(400, message, param=param)
-    # Parts are lines, an image on its own line: [image, text] reads as xtune chat --image writes it.
-    return "\n".join(pieces)
+    return text
 
 
 def template_messages(messages: list[Message], images: list[tuple[str, str]] | None = None) -> list[dict]:
