@@ -105,8 +105,9 @@ def create_app(
         tools = body.tool_list()
         if tools and _render(engine, messages, tools) == _render(engine, messages, None):
             raise APIError(400, "tools: this model's chat template does not render tools.", param="tools")
-        # Decoding images and running the image processor take a while: off the event loop.
-        prompt = await asyncio.to_thread(_prompt, engine, messages, sources or [], tools, local_media)
+        # Reading and decoding images takes a while: off the event loop (text is tokenized on it, as ever).
+        images = await asyncio.to_thread(_read_images, sources, local_media) if sources else []
+        prompt = _prompt(engine, messages, images, tools)
         job = _job(engine, body, prompt.ids, engine.stop_words + body.stop_words(), max_new_tokens, chat=True)
         job.vision = prompt.vision
         generation = _submit(engine, job)
@@ -215,9 +216,12 @@ def _render(engine: HFEngine, messages: list[dict], tools: list[dict] | None) ->
         raise APIError(400, str(exc), param="messages") from None
 
 
-def _prompt(engine: HFEngine, messages: list[dict], sources: list[tuple[str, str]], tools, local: LocalMedia):
-    """The prompt (image tokens expanded, pixels made) for ``messages`` and the images ``sources`` name."""
-    images = [read_image(url, param, local) for param, url in sources]
+def _read_images(sources: list[tuple[str, str]], local: LocalMedia) -> list:
+    return [read_image(url, param, local) for param, url in sources]
+
+
+def _prompt(engine: HFEngine, messages: list[dict], images: list, tools):
+    """The prompt for ``messages`` (image tokens expanded, the images' pixels made)."""
     try:
         return engine.generator.prompt(messages, images, tools)
     except XtuneError as exc:
