@@ -76,6 +76,8 @@ def reference_answer(folder, messages: list[dict], images: list, adapter=None, m
             pads = "<|image_pad|>" * (int(grid.prod()) // 4)
             text = text.replace("<image>", "<|vision_start|>" + pads + "<|vision_end|>", 1)
         inputs["input_ids"] = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        # what transformers' Qwen2.5-VL processor returns beside the ids: the 3-D positions are computed from it
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == config.image_token_id).int()
     inputs.pop("attention_mask", None)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     if adapter is not None:

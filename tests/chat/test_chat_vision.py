@@ -3,6 +3,7 @@
 import builtins
 
 import pytest
+import torch
 
 from tests.vision_fixtures import QUESTION, TOKENS, make_vlm_adapter, reference_answer
 from xtune.chat.images import open_image
@@ -95,3 +96,27 @@ def test_bad_images_fail_clearly(vision_models, capsys, tmp_path, image, prompt,
 def test_images_need_a_vision_language_model(tiny_llama, vision_models, capsys):
     status, _, err = _chat(capsys, tiny_llama, "--image", vision_models.red, "--prompt", QUESTION)
     assert status == 2 and "text-only model" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+def test_qwen_gets_the_token_types_its_3d_positions_need(vision_models, arch):
+    """Qwen-VL computes image positions from ``mm_token_type_ids`` (its processor returns them, training passes
+    them); without them transformers gives image tokens text positions, a difference too small for the tiny
+    model's greedy tokens to show, so the model's inputs are checked."""
+    from xtune.chat import ChatSession, GenerationSettings
+    from xtune.chat.loading import load_model_for_chat
+
+    loaded = load_model_for_chat(str(vision_models[arch]), device="cpu")
+    seen = []
+    loaded.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    settings = GenerationSettings(max_new_tokens=2, temperature=0)
+    session = ChatSession(loaded.model, loaded.tokenizer, [], settings=settings, processor=loaded.processor)
+    session.ask(QUESTION, images=[open_image(vision_models.red)])
+    first = seen[0]  # transformers encodes the images before the first forward
+    assert first.get("mm_encoder_outputs") is not None
+    assert int((first["input_ids"] == loaded.processor.image_token_id).sum()) > 0
+    if arch == "qwen2_5_vl":
+        types = first["mm_token_type_ids"]
+        assert torch.equal(types.bool(), first["input_ids"] == loaded.processor.image_token_id)
+    else:
+        assert first.get("mm_token_type_ids") is None  # LLaVA's positions are the text's

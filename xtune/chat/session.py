@@ -178,6 +178,7 @@ class ChatGenerator:
             kwargs["min_new_tokens"] = settings.max_new_tokens
         if vision:
             kwargs.update(_on_model(vision, self.model, device))
+            kwargs.update(_token_types(self.model, input_ids))
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -207,6 +208,21 @@ def _on_model(vision: dict, model, device) -> dict:
         key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
         for key, value in vision.items()
     }
+
+
+def _token_types(model, input_ids: torch.Tensor) -> dict:
+    """``mm_token_type_ids`` (1 for image tokens) for families whose 3-D positions are computed from them
+    (Qwen-VL, as its processor returns them and training passes them); nothing for the others. Without them
+    transformers would give the image tokens plain text positions."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None)
+    if inner is None or "mm_token_type_ids" not in inspect.signature(inner.forward).parameters:
+        return {}
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == base.config.image_token_id] = 1
+    return {"mm_token_type_ids": types}
 
 
 class ChatSession:
