@@ -18,6 +18,7 @@ setup(
         "accelerate",
         "matplotlib",
         "tensorboard",  # the default experiment tracker (report_to); others are optional
+        "pillow",  # images of vision-language data
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],

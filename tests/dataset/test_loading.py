@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xtune import paths
-from xtune.dataset.dataset_info import DatasetSpec, load_dataset_info, resolve_dataset
+from xtune.dataset.dataset_info import MEDIA_COLUMNS, DatasetSpec, load_dataset_info, resolve_dataset
 from xtune.dataset.formats import convert_rows
 from xtune.dataset.loading import load_rows
 from xtune.errors import ConfigError, DataError
@@ -238,7 +238,8 @@ def test_shipped_local_datasets_convert_without_bad_rows():
             continue  # Hub datasets are never downloaded in tests
         spec = resolve_dataset(name)
         assert Path(spec.path).parent == paths.DATASET_INFO.parent
-        samples, skipped = convert_rows(load_rows(spec), spec, skip_bad_rows=True)
+        uses = tuple(media for media in MEDIA_COLUMNS if media in spec.columns)  # read by the vision dataset
+        samples, skipped = convert_rows(load_rows(spec), spec, skip_bad_rows=True, uses=uses)
         assert samples and not skipped, (name, skipped[:3])
 
 
@@ -333,3 +334,69 @@ def test_missing_local_path_and_hub_names(tmp_path):
 def test_bad_columns_argument():
     with pytest.raises(ConfigError, match=r"columns: unknown key\(s\) \['question'\]"):
         resolve_dataset("alpaca_demo", columns={"question": "q"})
+
+
+# ----------------------------------------------------------------------------- streaming large files
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Parts of 3 rows and an 8-character read buffer: every row boundary case happens in a tiny file."""
+    from xtune.dataset import json_rows
+
+    monkeypatch.setattr(json_rows, "ROWS_PER_PART", 3)
+    monkeypatch.setattr(json_rows, "_CHUNK", 8)
+
+
+def test_streamed_parts_agree_on_columns_and_keep_values_as_written(tmp_path, small_parts):
+    rows = [
+        {"instruction": "a", "output": "1"},
+        {"instruction": "b", "output": "2", "n": 7},
+        {"instruction": "c", "output": "3"},
+        {"instruction": "d", "output": "4", "tools": [{"name": "f"}]},  # first seen in the second part
+        {"instruction": "e", "output": "5", "n": "seven"},  # an int column in part 1, a string here
+        {"instruction": "f", "output": "6", "n": 2.5},
+        {"instruction": "g\n", "output": "7"},
+    ]
+    file = tmp_path / "a.json"
+    file.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    ds = load_rows(resolve_dataset(str(file), "alpaca"))
+    assert ds.column_names == ["instruction", "output", "n", "tools", "_source", "_row"]
+    back = [{k: v for k, v in row.items() if not k.startswith("_") and v is not None} for row in ds]
+    assert back == rows
+    assert ds["_row"] == list(range(1, 8))
+    assert [type(v) for v in ds["n"][1:3]] == [int, type(None)] and ds["n"][4] == "seven"
+
+
+def test_errors_point_at_the_line_when_reading_in_pieces(tmp_path, small_parts):
+    file = tmp_path / "a.json"
+    good = ",\n".join(json.dumps({"instruction": f"q{i}", "output": "a"}) for i in range(5))
+    file.write_text("[\n" + good + '\n  {"instruction": "c"}\n]')
+    assert "a.json, line 7: invalid JSON: Expecting ',' delimiter" in load_error(file)
+    file.write_text("[\n" + good + "\n] []")
+    assert "a.json, line 7: invalid JSON: Extra data" in load_error(file)
+    file.write_text("[\n" + good + ",\n]")
+    assert "a.json, line 7: invalid JSON: Expecting value" in load_error(file)
+    file.write_text("[\n" + good + ",\n" + '{"instruction": "x", "output": 12')
+    assert "a.json, line 7: invalid JSON" in load_error(file)
+
+
+def test_a_list_longer_than_a_part_reads_every_row(tmp_path, small_parts):
+    file = tmp_path / "a.json"
+    file.write_text(json.dumps([{"instruction": f"q{i}" * (i % 4), "output": str(i)} for i in range(20)]))
+    ds = load_rows(resolve_dataset(str(file), "alpaca"))
+    assert ds["output"] == [str(i) for i in range(20)] and ds["_row"] == list(range(1, 21))
+
+
+def test_uncached_processing_outlives_the_streamed_rows(tmp_path, tiny_llama):
+    import gc
+
+    from xtune.dataset import SFTDataset
+
+    file = tmp_path / "a.json"
+    file.write_text(json.dumps([{"instruction": f"q{i}", "output": f"answer {i}"} for i in range(6)]))
+    dataset = SFTDataset(str(file), str(tiny_llama), data_format="alpaca", max_length=64, cache=False, num_proc=2)
+    gc.collect()  # the raw rows' folder is gone now; the processed rows must not have lived there
+    assert len(dataset) >= 1 and all(len(dataset[i]["input_ids"]) > 0 for i in range(len(dataset)))
+    # DataLoader workers that are spawned reopen a dataset's files by name: each must still exist
+    assert all(Path(entry["filename"]).exists() for entry in dataset.data.cache_files)

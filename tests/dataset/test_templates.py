@@ -30,6 +30,7 @@ SPECIAL_TOKENS = {
     "glm4": (None, "<|endoftext|>"),
     "deepseek": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
     "yi": ("<|startoftext|>", "<|im_end|>"),
+    "llava": ("<s>", "</s>"),
 }
 
 
@@ -87,6 +88,8 @@ YI = (
     "You are terse.<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
 )
+# LLaVA-1.5 (vicuna v1); "USER: ... ASSISTANT:" as llava-hf's template writes a prompt.
+LLAVA = "<s>You are terse. USER: Hi ASSISTANT: Hello!</s>USER: What is 2+2?"
 
 # The whole conversation (system, user, assistant, user, assistant), as training renders it.
 EXPECTED_CONVERSATION = {
@@ -108,6 +111,7 @@ EXPECTED_CONVERSATION = {
     "<|assistant|>\n4",
     "deepseek": DEEPSEEK + "4<｜end▁of▁sentence｜>",
     "yi": YI + "4<|im_end|>\n",
+    "llava": LLAVA + " ASSISTANT: 4</s>",
 }
 
 # The conversation up to the last user message, with add_generation_prompt=True, as chat renders it.
@@ -126,6 +130,7 @@ EXPECTED_GENERATION_PROMPT = {
     "<|assistant|>",
     "deepseek": DEEPSEEK + "<think>\n",
     "yi": YI,
+    "llava": LLAVA + " ASSISTANT:",
 }
 
 
@@ -290,13 +295,13 @@ def test_llama3_renders_tools_in_the_first_user_message():
     assert render("llama3", TOOL_CONVERSATION, tools=TOOLS) == expected
 
 
-@pytest.mark.parametrize("name", ["llama2", "mistral", "gemma", "deepseek", "default"])
+@pytest.mark.parametrize("name", ["llama2", "mistral", "gemma", "deepseek", "default", "llava"])
 def test_templates_without_tools_refuse_tool_messages(name):
     with pytest.raises(jinja2.exceptions.TemplateError, match="tool"):
         render(name, TOOL_CONVERSATION)
 
 
-@pytest.mark.parametrize("name", ["llama2", "mistral", "gemma"])
+@pytest.mark.parametrize("name", ["llama2", "mistral", "gemma", "llava"])
 def test_strict_templates_refuse_non_alternating_roles(name):
     messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     with pytest.raises(jinja2.exceptions.TemplateError, match="alternate"):

@@ -2,7 +2,8 @@
 
 Stage datasets (preference pairs, KTO rows) show items with their own ``describe`` and dump ``record``s:
 ``chosen_input_ids``/``chosen_labels``/``rejected_input_ids``/``rejected_labels`` per pair, or
-``input_ids``/``labels``/``kto_label`` per KTO row."""
+``input_ids``/``labels``/``kto_label`` per KTO row. Image-text rows (``VisionSFTDataset``) show their image
+files and their image tokens as ``<image xN>``, and dump their image paths instead of pixels."""
 
 import argparse
 import json
@@ -53,14 +54,17 @@ def check_dataset(args: argparse.Namespace) -> int:
             print(f"--- item {index}")
             print(dataset.describe(index))
             continue
-        row = dataset[index]
+        row = dataset.record(index) if hasattr(dataset, "record") else dataset[index]
         print(f"--- row {index} ({len(row['input_ids'])} tokens)")
         if args.show == "text":
-            print(tokenizer.decode(row["input_ids"]))
+            text = tokenizer.decode(row["input_ids"])
         elif args.show == "masked_text":
-            print(masked_text(tokenizer, row["input_ids"], row["labels"]))
+            text = masked_text(tokenizer, row["input_ids"], row["labels"])
         else:
-            print(row[args.show])
+            text = str(row[args.show])
+        if hasattr(dataset, "shown"):  # image-text rows: their images, and image tokens as <image xN>
+            text = dataset.shown(index, text)
+        print(text)
     if args.dump:
         _dump(dataset, Path(args.dump))
         print(f"wrote {len(dataset)} rows to {args.dump}")

@@ -168,7 +168,7 @@ def _schedules_in_iterations(result: dict) -> None:
 
 
 def resolve_model_path(value: Any) -> Any:
-    """A shipped demo model's name (``tiny_llama``) becomes its absolute path; anything else is kept."""
+    """A shipped demo model's name (``tiny_llama``, ``tiny_clip``) becomes its absolute path; anything else is kept."""
     if isinstance(value, str) and value and not Path(value).exists() and (MODEL_DIR / value).is_dir():
         return str((MODEL_DIR / value).resolve())
     return value
@@ -209,6 +209,8 @@ def load_config(
     raw = cfg.to_dict()
     if "pretrained_model_name_or_path" in raw:
         raw["pretrained_model_name_or_path"] = resolve_model_path(raw["pretrained_model_name_or_path"])
+    if "vision_tower" in raw:
+        raw["vision_tower"] = resolve_model_path(raw["vision_tower"])
     try:
         result = {key: resolve(value, raw, where=key) for key, value in raw.items()}
     except ConfigError as exc:

@@ -50,6 +50,18 @@ def sft_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of:
     return out
 
 
+@FUNCTIONS.register_module()
+def vision_collate_fn(batch: list[dict], pad_token_id: int = 0, pad_to_multiple_of: int = 1) -> dict:
+    """:func:`sft_collate_fn` plus ``vision``: each key of the items' ``vision`` dicts (``pixel_values``,
+    Qwen's ``image_grid_thw``) concatenated on dim 0 in item order, which is the order of the image tokens
+    in the batch's rows. Absent when no item has an image."""
+    out = sft_collate_fn(batch, pad_token_id, pad_to_multiple_of)
+    parts = [item["vision"] for item in batch if item.get("vision")]
+    if parts:
+        out["vision"] = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    return out
+
+
 def count_trained_tokens(labels: torch.Tensor) -> int:
     """Tokens that contribute to the loss once the model shifts labels by one."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -12,6 +12,10 @@ A dataset is named by ``data_path``, which is one of:
                   "tags": {"user_tag": "user"}}          # sharegpt role/content names
       "hub_data": {"hf_hub_url": "owner/name", "subset": "en", "split": "train", "num_samples": 1000}
 
+  Image-text entries (``"columns": {"images": ...}``, read by ``VisionSFTDataset``) keep their image paths
+  relative to the registry file's folder, as LLaMA-Factory's ``media_dir`` defaults to its dataset folder
+  (``image_folder`` overrides it; see :mod:`xtune.dataset.vision`).
+
 * an existing local file (.json, .jsonl, .parquet, .csv, .txt) or a folder of such files;
 * otherwise a Hugging Face Hub dataset name, read with ``datasets.load_dataset``.
 
@@ -93,7 +97,7 @@ _UNSUPPORTED_SOURCES = {
 }
 # Columns only another stage can use: training SFT/PT on such data would silently drop them.
 STAGE_COLUMNS = {
-    "images": "a multimodal (vision) stage, which xtune does not have yet",
+    "images": "the multimodal (vision) stage: VisionSFTDataset",
     "videos": "a multimodal (video) stage, which xtune does not have yet",
     "audios": "a multimodal (audio) stage, which xtune does not have yet",
     "kto_tag": "the kto stage (the label says whether each reply is desirable)",

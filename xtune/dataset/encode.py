@@ -191,7 +191,7 @@ def encode_conversations(
             for _, stop in reversed(ranges):  # from the end, so earlier positions stay valid
                 ids.insert(stop, tokenizer.eos_token_id)
                 labels.insert(stop, tokenizer.eos_token_id)
-        results.append(_finish(ids, labels, options))
+        results.append(fit_length(ids, labels, options))
     return results
 
 
@@ -242,11 +242,16 @@ def encode_texts(tokenizer, samples: list[dict], options: EncodeOptions) -> list
         ids = list(ids)
         if options.add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids.append(tokenizer.eos_token_id)
-        results.append(_finish(ids, list(ids), options))
+        results.append(fit_length(ids, list(ids), options))
     return results
 
 
-def _finish(ids: list[int], labels: list[int], options: EncodeOptions) -> dict:
+def fit_length(ids: list[int], labels: list[int], options: EncodeOptions) -> dict:
+    """Apply ``max_length`` and ``truncation`` to one encoded sample; the first label is never trained.
+
+    Returns:
+        ``input_ids``, ``labels`` and ``status`` ("", "truncated" or "dropped: <reason>", then empty ids).
+    """
     status = ""
     if len(ids) > options.max_length:
         if options.truncation == "drop":

@@ -407,8 +407,11 @@ def _reply(row: dict[str, Any], spec: DatasetSpec, name: str, where: str) -> dic
     return message
 
 
-def convert_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+def convert_row(row: dict[str, Any], spec: DatasetSpec, uses: tuple[str, ...] = ()) -> dict[str, Any]:
     """Convert one raw row (with ``_source`` and ``_row``) into a schema sample.
+
+    ``uses`` names the media columns (:data:`MEDIA_COLUMNS`) the caller reads itself (the vision
+    dataset reads ``images``); any other media column in the row is an error, not dropped.
 
     Returns:
         ``{"messages", "tools"}`` for alpaca, sharegpt and openai; ``{"text"}`` for text;
@@ -420,7 +423,11 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
     where = _where(row)
     fmt = spec.data_format
     for media in MEDIA_COLUMNS:
+        if media in uses:
+            continue
         column = _column(spec, media)
+        if media == "images" and media not in spec.columns and row.get(column) in (None, "", []):
+            column = "image"  # LLaVA's JSON names its one image so
         if row.get(column) not in (None, "", []):
             _fail(
                 where,
@@ -453,9 +460,11 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
 
 
 def convert_rows(
-    rows: Iterable[dict[str, Any]], spec: DatasetSpec, skip_bad_rows: bool = False
+    rows: Iterable[dict[str, Any]], spec: DatasetSpec, skip_bad_rows: bool = False, uses: tuple[str, ...] = ()
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Convert many rows; with ``skip_bad_rows`` a bad row is left out and its error message kept.
+
+    ``uses``: the media columns the caller reads itself (see :func:`convert_row`).
 
     ``rows`` may be the dataset :func:`~xtune.dataset.loading.load_rows` returns (read in batches).
 
@@ -469,7 +478,7 @@ def convert_rows(
     skipped: list[str] = []
     for row in iter_rows(rows) if isinstance(rows, datasets.Dataset) else rows:
         try:
-            samples.append(convert_row(row, spec))
+            samples.append(convert_row(row, spec, uses))
         except DataError as err:
             if not skip_bad_rows:
                 raise

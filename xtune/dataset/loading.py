@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,21 +23,23 @@ import pyarrow.parquet as pq
 from datasets.exceptions import DatasetNotFoundError
 
 from xtune.dataset.dataset_info import DatasetSpec, list_data_files
+from xtune.dataset.json_rows import RowWriter, iter_json_rows
 from xtune.errors import DataError
 
 SOURCE_COLUMN = "_source"
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
 ROW_COLUMN = "_row"
 
 
-def load_rows(spec: DatasetSpec) -> datasets.Dataset:
+def load_rows(spec: DatasetSpec, work_dir: Path | None = None) -> datasets.Dataset:
     """Read a dataset's raw rows.
 
     A .json file holds one JSON list of objects (JSON Lines content is accepted too); .jsonl holds one
     object per line. A .txt file holds one document per line, as ``datasets``' text loader reads it
     (put multi-line documents in a .jsonl ``text`` column instead); blank lines are skipped. CSV values
     are all read as strings; ``_row`` 1 is the first row after the header. A folder is read as all its
-    data files (recursively, in sorted order).
+    data files (recursively, in sorted order). JSON rows are streamed to Arrow files in a folder made under
+    ``work_dir`` (the system's temporary folder when None, removed with the returned dataset), so memory does
+    not grow with the file.
 
     Returns:
         A dataset with the file's columns (in first-seen order) plus ``_source`` and ``_row``. Columns
@@ -59,10 +63,7 @@ def load_rows(spec: DatasetSpec) -> datasets.Dataset:
             f"(got '{spec.data_format}'). Use data_format='text'."
         )
     if suffix in (".json", ".jsonl"):
-        rows: list[dict[str, Any]] = []
-        for file in files:
-            rows.extend(_read_json(file))
-        return _dataset_from_rows(rows, fingerprint)
+        return _json_dataset(files, fingerprint, work_dir)
     if suffix == ".parquet":
         tables = [_read_parquet(file) for file in files]
     elif suffix == ".csv":
@@ -104,58 +105,6 @@ def _first_char(file: Path) -> str:
     return ""
 
 
-def _read_json(file: Path) -> list[dict[str, Any]]:
-    """Parse a .json or .jsonl file with line-numbered errors; tag each row with its source."""
-    try:
-        first = _first_char(file)
-        if not first:
-            raise DataError(f"{file}: file is empty. Add rows, or remove it from the dataset.")
-        if first == "[":
-            with open(file, encoding="utf-8") as f:
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        f"{file}, line {err.lineno}: invalid JSON: {err.msg} (column {err.colno}). "
-                        "Fix the JSON; a .json file holds one list of objects."
-                    ) from None
-            rows = list(enumerate(data, 1))
-            unit = "row"
-        else:
-            rows = []
-            unit = "line"
-            with open(file, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append((lineno, json.loads(line)))
-                    except json.JSONDecodeError as err:
-                        if not rows and first == "{":
-                            _reject_single_object(file)
-                        raise DataError(
-                            f"{file}, line {lineno}: invalid JSON: {err.msg} (column {err.colno}). Fix the "
-                            "line; JSON Lines holds one complete object per line (a .json file may also "
-                            "hold one list of objects)."
-                        ) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{file}: not UTF-8 text ({err.reason}). Re-save the file as UTF-8.") from None
-    if not rows:
-        raise DataError(f"{file}: no rows (the list is empty). Add rows, or remove it from the dataset.")
-    source = str(file)
-    out = []
-    for n, obj in rows:
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"{file}, {unit} {n}: expected a JSON object with named columns, got {type(obj).__name__}. "
-                'Write each row as an object such as {"instruction": ..., "output": ...}.'
-            )
-        obj[SOURCE_COLUMN] = source
-        obj[ROW_COLUMN] = n
-        out.append(obj)
-    return out
-
-
 def _fingerprint(files: list[Path], spec: DatasetSpec) -> str:
     """Identify the files' current contents cheaply; without it `datasets` hashes every row."""
     digest = hashlib.sha256(repr(spec).encode())
@@ -165,43 +114,39 @@ def _fingerprint(files: list[Path], spec: DatasetSpec) -> str:
     return digest.hexdigest()[:32]
 
 
-def _reject_single_object(file: Path) -> None:
-    """Name the common mistake of a pretty-printed single object instead of a list of rows."""
+def _json_dataset(files: list[Path], fingerprint: str, work_dir: Path | None) -> datasets.Dataset:
+    """The rows of .json/.jsonl files, streamed to Arrow files in a folder under ``work_dir`` (see
+    :mod:`xtune.dataset.json_rows`); without ``work_dir`` the folder is removed with the dataset."""
+    folder = Path(tempfile.mkdtemp(prefix="xtune-rows-", dir=work_dir))
     try:
-        with open(file, encoding="utf-8") as f:
-            whole = json.load(f)
-    except json.JSONDecodeError:
-        return
-    if isinstance(whole, dict):
-        raise DataError(f"{file}: holds one JSON object, not rows. Wrap the rows in a list: [{{...}}, {{...}}].")
-
-
-def _dataset_from_rows(rows: list[dict[str, Any]], fingerprint: str) -> datasets.Dataset:
-    """Build a dataset column by column, keeping nested values exactly as they were written.
-
-    Arrow would otherwise merge the keys of all objects in a column (so every tool's JSON schema
-    gains the other tools' properties as nulls) and reject columns of mixed types.
-    """
-    names: dict[str, None] = {}
-    for row in rows:
-        for key in row:
-            if key not in names:
-                names[key] = None
-    own = [name for name in names if name not in (SOURCE_COLUMN, ROW_COLUMN)]
-    arrays = {name: _to_arrow([row.get(name) for row in rows]) for name in own}
-    arrays[SOURCE_COLUMN] = pa.array([row[SOURCE_COLUMN] for row in rows], pa.string())
-    arrays[ROW_COLUMN] = pa.array([row[ROW_COLUMN] for row in rows], pa.int64())
-    return datasets.Dataset(pa.table(arrays), fingerprint=fingerprint)
-
-
-def _to_arrow(values: list[Any]) -> pa.Array:
-    if not any(isinstance(v, (list, dict)) for v in values):
-        try:
-            return pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            pass  # mixed scalar types: stored as JSON below, which keeps each value's own type
-    text = pa.array([None if v is None else _ENCODER.encode(v) for v in values], pa.string())
-    return text.cast(pa.json_())  # casting skips the per-value JSON check that pa.array(..., pa.json_()) does
+        writer = RowWriter(folder, (SOURCE_COLUMN, ROW_COLUMN))
+        for file in files:
+            before = writer.count
+            try:
+                first = _first_char(file)
+                if not first:
+                    raise DataError(f"{file}: file is empty. Add rows, or remove it from the dataset.")
+                for n, obj, unit in iter_json_rows(file, first):
+                    if not isinstance(obj, dict):
+                        raise DataError(
+                            f"{file}, {unit} {n}: expected a JSON object with named columns, got "
+                            f"{type(obj).__name__}. Write each row as an object such as "
+                            '{"instruction": ..., "output": ...}.'
+                        )
+                    obj[SOURCE_COLUMN] = str(file)
+                    obj[ROW_COLUMN] = n
+                    writer.add(obj)
+            except UnicodeDecodeError as err:
+                raise DataError(f"{file}: not UTF-8 text ({err.reason}). Re-save the file as UTF-8.") from None
+            if writer.count == before:
+                raise DataError(f"{file}: no rows (the list is empty). Add rows, or remove it from the dataset.")
+        dataset = writer.finish(fingerprint)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if work_dir is None:
+        weakref.finalize(dataset, shutil.rmtree, folder, True)
+    return dataset
 
 
 def _with_location(table: pa.Table, file: Path, first_row: int = 1) -> pa.Table:

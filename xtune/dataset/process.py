@@ -4,6 +4,10 @@ Each processed row keeps its place (row ``i`` of the output is row ``i`` of the 
 happened to it in ``status``: ``""`` (used as is), ``"truncated"`` or ``"dropped: <reason>"``; a row
 skipped by ``skip_bad_rows`` also keeps the error in ``note``, so statistics can say how many, why and
 which rows.
+
+A dataset whose rows carry more than text (images) passes a :class:`RowMedia`: it reads its columns
+from each converted row, rewrites the sample before encoding, checks the encoded ids and adds its own
+output columns, so one path converts, encodes, counts and caches every kind of row.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 from mmengine.dist import barrier, get_rank
@@ -32,6 +36,30 @@ BAD_ROW = "dropped: bad row"
 PLACEHOLDER_KNOBS = ("name", "author")
 _LEFT_PLACEHOLDER = re.compile(r"\{\{\s*(" + "|".join(PLACEHOLDER_KNOBS) + r")\s*\}\}")
 SKIP_HINT = "Or set skip_bad_rows=True to leave such rows out (they are counted in the dataset statistics)."
+
+
+class RowMedia(Protocol):
+    """What a dataset with media rows (images) adds to :func:`process_batch` (picklable: ``num_proc``).
+
+    Attributes:
+        uses: The media columns it reads (passed to :func:`convert_row` as ``uses``).
+        features: The output columns it adds, with their types.
+    """
+
+    uses: tuple[str, ...]
+    features: dict[str, Any]
+
+    def prepare(self, row: dict, sample: dict, where: str) -> dict:
+        """The sample to encode for a converted ``row``; raises DataError for a bad row."""
+
+    def encode_options(self, options: EncodeOptions) -> EncodeOptions:
+        """The options to encode with (the media applies the length rule itself, in :meth:`finish`)."""
+
+    def finish(self, result: dict, sample: dict, options: EncodeOptions, where: str) -> dict:
+        """The encoded ``result`` with its media columns, the length rule applied; raises DataError."""
+
+    def empty(self) -> dict:
+        """The media columns of a row that was dropped before encoding."""
 
 
 def default_cache_dir() -> Path:
@@ -102,7 +130,11 @@ def build_or_load(spec: DatasetSpec, key: str, cache_root: Path | None, fn_kwarg
 
 
 def _process(spec: DatasetSpec, fn_kwargs: dict, num_proc: int, out_file: Path | None = None) -> datasets.Dataset:
-    raw = load_rows(spec)
+    raw = load_rows(spec, work_dir=out_file.parent if out_file else None)
+    media = fn_kwargs.get("media")
+    # Typed up front when media columns are added: a first batch of rows without images would otherwise
+    # fix the images column's type as a list of nulls.
+    features = datasets.Features({**_FEATURES, **media.features}) if media is not None else None
     return raw.map(
         process_batch,
         batched=True,
@@ -113,7 +145,20 @@ def _process(spec: DatasetSpec, fn_kwargs: dict, num_proc: int, out_file: Path |
         desc=f"Tokenizing {spec.name}",
         load_from_cache_file=False,
         cache_file_name=str(out_file) if out_file else None,
+        # uncached: the result stays in memory, not beside the raw rows' files (removed with them)
+        keep_in_memory=out_file is None,
+        features=features,
     )
+
+
+_FEATURES = {
+    "input_ids": datasets.Sequence(datasets.Value("int64")),
+    "labels": datasets.Sequence(datasets.Value("int64")),
+    "length": datasets.Value("int64"),
+    "trained": datasets.Value("int64"),
+    "status": datasets.Value("string"),
+    "note": datasets.Value("string"),
+}
 
 
 def _check_placeholders(sample: dict[str, Any], where: str) -> None:
@@ -130,25 +175,38 @@ def _check_placeholders(sample: dict[str, Any], where: str) -> None:
             )
 
 
+def _bad_row(exc: DataError, skip_bad_rows: bool, bad: dict) -> dict:
+    """A bad row's output (kept with its error for statistics), or the error with the skip hint."""
+    if not skip_bad_rows:
+        raise DataError(f"{exc} {SKIP_HINT}") from None
+    return {**bad, "note": str(exc)}
+
+
 def process_batch(
-    batch: dict, spec: DatasetSpec, tokenizer, options: EncodeOptions, placeholders: dict, skip_bad_rows: bool
+    batch: dict,
+    spec: DatasetSpec,
+    tokenizer,
+    options: EncodeOptions,
+    placeholders: dict,
+    skip_bad_rows: bool,
+    media: RowMedia | None = None,
 ) -> dict:
     """Convert and encode a batch of raw rows; one output row per input row, in order."""
     names = list(batch)
     rows = [dict(zip(names, values)) for values in zip(*batch.values())]
     samples, where, positions = [], [], []
     results: list[dict | None] = [None] * len(rows)
+    bad = {"input_ids": [], "labels": [], "status": BAD_ROW, **(media.empty() if media else {})}
     for index, row in enumerate(rows):
         origin = f"{row.get('_source', spec.path)}, row {row.get('_row', '?')}"
         try:
-            sample = convert_row(row, spec)
+            sample = convert_row(row, spec, media.uses if media else ())
+            sample = fill_placeholders(sample, placeholders) if placeholders else sample
+            _check_placeholders(sample, origin)
+            sample = media.prepare(row, sample, origin) if media is not None else sample
         except DataError as exc:
-            if not skip_bad_rows:
-                raise DataError(f"{exc} {SKIP_HINT}") from None
-            results[index] = {"input_ids": [], "labels": [], "status": BAD_ROW, "note": str(exc)}
+            results[index] = _bad_row(exc, skip_bad_rows, bad)
             continue
-        sample = fill_placeholders(sample, placeholders) if placeholders else sample
-        _check_placeholders(sample, origin)
         samples.append(sample)
         where.append(origin)
         positions.append(index)
@@ -157,12 +215,20 @@ def process_batch(
     elif spec.data_format == "text":
         encoded = encode_texts(tokenizer, samples, options)
     else:
-        encoded = encode_conversations(tokenizer, samples, options, where=where, skip_bad=skip_bad_rows)
-    for index, result, origin in zip(positions, encoded, where):
+        encode_options = media.encode_options(options) if media else options
+        encoded = encode_conversations(tokenizer, samples, encode_options, where=where, skip_bad=skip_bad_rows)
+    for index, result, origin, sample in zip(positions, encoded, where, samples):
+        if media is not None:
+            try:
+                result = media.finish(result, sample, options, origin)
+            except DataError as exc:
+                result = _bad_row(exc, skip_bad_rows, bad)
         if result["status"].startswith("dropped: template"):
             result["note"] = f"{origin}: {result['status'][len('dropped: ') :]}"
         results[index] = result
     out = {"input_ids": [], "labels": [], "length": [], "trained": [], "status": [], "note": []}
+    for column in media.features if media else ():
+        out[column] = [result[column] for result in results]
     for result in results:
         ids, labels = result["input_ids"], result["labels"]
         out["input_ids"].append(ids)

@@ -98,17 +98,10 @@ class SFTDataset(Dataset):
         if not isinstance(max_length, int) or max_length < 2:
             raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}.")
         self.specs: list[DatasetSpec] = resolve_mixture(data_path, data_format, columns, tags, dataset_info)
-        for spec in self.specs:
-            check_stage(spec, "pt" if spec.data_format == "text" else "sft")
+        self._check_specs()
         text = [spec.data_format == "text" for spec in self.specs]
-        if any(text) and not all(text):
-            raise ConfigError(
-                "data_path mixes pretraining text with conversations: "
-                + ", ".join(f"{s.name} ({s.data_format})" for s in self.specs)
-                + ". Train them in separate runs, or convert the text to a conversation format."
-            )
         self.spec = self.specs[0]
-        self.tokenizer = load_tokenizer_with_template(tokenizer, prompt_template, trust_remote_code)
+        self.tokenizer = self._load_tokenizer(tokenizer, prompt_template, trust_remote_code)
         self.prompt_template = prompt_template
         self.max_length = max_length
         self.concat = all(text) and concat_texts
@@ -123,15 +116,10 @@ class SFTDataset(Dataset):
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
         cache_root = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
-        fn_kwargs = {
-            "tokenizer": self.tokenizer,
-            "options": self.options,
-            "placeholders": self.placeholders,
-            "skip_bad_rows": self.skip_bad_rows,
-        }
-        self._keys = [cache_key(s, self.tokenizer, self.options, self.placeholders, skip_bad_rows) for s in self.specs]
+        self._keys = [self._cache_key(spec) for spec in self.specs]
         self.parts = [
-            build_or_load(spec, key, cache_root, fn_kwargs, num_proc) for spec, key in zip(self.specs, self._keys)
+            build_or_load(spec, key, cache_root, self._process_kwargs(spec), num_proc)
+            for spec, key in zip(self.specs, self._keys)
         ]
         if cache_root is not None:
             print_log(f"processed data: {', '.join(str(cache_root / key) for key in self._keys)}", logger="current")
@@ -157,6 +145,34 @@ class SFTDataset(Dataset):
             self.rows = [[int(self.valid[j]) for j in row] for row in packed]
 
     # ----------------------------------------------------------------------------- building
+    # The steps a dataset of other rows (images: xtune.dataset.vision) changes; the rest is shared.
+    def _check_specs(self) -> None:
+        """Refuse data this dataset would train wrongly (columns of other stages, text mixed with chats)."""
+        for spec in self.specs:
+            check_stage(spec, "pt" if spec.data_format == "text" else "sft")
+        text = [spec.data_format == "text" for spec in self.specs]
+        if any(text) and not all(text):
+            raise ConfigError(
+                "data_path mixes pretraining text with conversations: "
+                + ", ".join(f"{s.name} ({s.data_format})" for s in self.specs)
+                + ". Train them in separate runs, or convert the text to a conversation format."
+            )
+
+    def _load_tokenizer(self, tokenizer: str, prompt_template: str, trust_remote_code: bool):
+        return load_tokenizer_with_template(tokenizer, prompt_template, trust_remote_code)
+
+    def _process_kwargs(self, spec: DatasetSpec) -> dict:
+        """The arguments of :func:`xtune.dataset.process.process_batch` for one dataset."""
+        return {
+            "tokenizer": self.tokenizer,
+            "options": self.options,
+            "placeholders": self.placeholders,
+            "skip_bad_rows": self.skip_bad_rows,
+        }
+
+    def _cache_key(self, spec: DatasetSpec) -> str:
+        return cache_key(spec, self.tokenizer, self.options, self.placeholders, self.skip_bad_rows)
+
     def cache_key(self) -> str:
         """A digest of everything that decided the processed data (computed when it was built)."""
         return self._keys[0] if len(self._keys) == 1 else "+".join(self._keys)

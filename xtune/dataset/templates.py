@@ -22,6 +22,7 @@ phi3       Phi-3 / Phi-3.5-mini-instruct               <|end|> <|endoftext|>    
 glm4       glm-4-9b-chat                               <|endoftext|> <|user|> <|observation|> no
 deepseek   DeepSeek-R1-Distill-Qwen / -Llama           <｜end▁of▁sentence｜>                  no
 yi         Yi-1.5 chat                                 <|im_end|> <|endoftext|>               no
+llava      LLaVA-1.5 / vicuna v1 (USER: ASSISTANT:)    </s>                                   no
 =========  ==========================================  =====================================  =====
 
 Notes; *differs* marks where a template knowingly departs from the official one:
@@ -45,7 +46,12 @@ Notes; *differs* marks where a template knowingly departs from the official one:
   render exactly as officially); ``keep_history_reasoning=True`` keeps it in earlier turns too. Tool
   messages raise (the official template needs string arguments and drops tool calls that come with
   content).
-- ``default``, ``llama2``, ``mistral``, ``gemma`` and ``deepseek`` raise on roles they cannot write;
+- ``llava``: LLaVA-1.5's training format (vicuna v1): ``{system} USER: {user} ASSISTANT: {reply}</s>USER: ...``;
+  images are ``<image>`` markers in the user text (``<image>\\n`` before the question, as llava-hf's template
+  writes them). No default system prompt. A prompt for generation renders exactly as llava-hf's template
+  (``USER: <image>\\nWhat is this? ASSISTANT:``). *differs*: llava-hf's template ends an assistant turn
+  with a space; here it ends with EOS (``</s>``), as LLaVA-1.5 trained, so the model learns to stop.
+- ``default``, ``llama2``, ``mistral``, ``gemma``, ``deepseek`` and ``llava`` raise on roles they cannot write;
   ``supports_tools`` says which templates render tools (check it before rendering tool samples).
 """
 
@@ -376,6 +382,21 @@ _YI = r"""
     {%- endif %}
 {%- endfor %}"""
 
+_LLAVA = (
+    _SPLIT_SYSTEM
+    + r"""
+{%- if bos_token %}{{ bos_token }}{% endif %}
+{%- if system is not none %}{{ system + ' ' }}{% endif %}
+{%- for m in turns %}"""
+    + _only_user_assistant("llava")
+    + r"""
+    {%- if m.role == 'user' %}{{ 'USER: ' + m.content + ' ' }}
+    {%- else %}{{ 'ASSISTANT: ' + m.content + eos_token }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"""
+)
+
 
 def _t(name: str, jinja: str, stop_words: list[str], tools: bool, needs: tuple, legend: str) -> ChatTemplate:
     return ChatTemplate(name, jinja.strip("\n"), tuple(stop_words), legend, tools, needs)
@@ -411,6 +432,8 @@ TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in [
        "DeepSeek-R1-Distill; reasoning kept in the turn after the last query, dropped before."),
     _t("yi",        _YI,            ["<|im_end|>", "<|endoftext|>"],                  False, (),
        "Yi-1.5 chat: raw system text, then ChatML user and assistant turns."),
+    _t("llava",     _LLAVA,         ["</s>"],                                         False, _EOS,
+       "LLaVA-1.5 / vicuna v1: 'USER: <image>\\n.. ASSISTANT: ..</s>'; prompts as llava-hf's template."),
 ]}
 # fmt: on
 

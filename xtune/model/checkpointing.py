@@ -57,7 +57,8 @@ def training_bytes(model, finetune_type: str, tokens: int) -> int:
     trainable = sum(p.numel() for p in parameters) if finetune_type in ("full", "freeze") else 0
     states = trainable * (dtype_bytes + 8)
     adapters = finetune_type in ("lora", "dora", "qlora")
-    return weights + states + activation_bytes(model.config, tokens, dtype_bytes, adapters)
+    # a vision-language model: its language model's layers (image tokens are among the batch's tokens)
+    return weights + states + activation_bytes(model.config.get_text_config(), tokens, dtype_bytes, adapters)
 
 
 def want_checkpointing(setting: bool | str, model, finetune_type: str, tokens_per_batch: int | None) -> bool:

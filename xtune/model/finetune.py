@@ -7,7 +7,11 @@ hands the batch to it.
 
 ``full`` trains every weight; ``freeze`` the last N decoder layers and named modules; ``lora``/``dora``
 wrap linear layers with peft adapters; ``qlora`` loads the base in 4 bits (bitsandbytes) first.
-Checkpoints of every type but ``full`` hold only the trainable weights.
+Checkpoints hold every weight when every weight trains, else only the trainable ones.
+
+Vision-language models (a VLM folder, or LLaVA composed from a causal LM and ``vision_tower``) go through the
+same class; what is particular to them (which parts train, LoRA targets, the projector checkpoint, image
+inputs) is :mod:`xtune.model.vision`.
 """
 
 import os
@@ -21,8 +25,11 @@ from xtune.errors import ConfigError
 from xtune.hf.dtypes import resolve_dtype
 from xtune.hf.load import load_model
 from xtune.hf.quantization import bnb_config
+from xtune.hf.vision import VISION_FIX, is_vision_language
+from xtune.model import vision
 from xtune.model.attention import attention_inputs, check_packing, choose_attention
 from xtune.model.checkpointing import offload_checkpointed_activations, want_checkpointing
+from xtune.model.vision import VisionSettings
 from xtune.registry import MODELS
 
 FINETUNE_TYPES = ("full", "freeze", "lora", "dora", "qlora")
@@ -34,10 +41,11 @@ LORA_DEFAULTS = {
     "modules_to_save": None,
 }
 # Architectures whose causal-LM head is ``lm_head(decoder(...))``, optionally soft-capped: for them the
-# chunked loss reproduces the logits' loss (tests/model/test_loss.py checks each against its own logits).
-# Others train on the full logits.
+# chunked loss reproduces the logits' loss (tests/model/test_loss.py checks each against its own logits;
+# tests/model/test_vision_finetune.py the VLMs', by the ``model_type`` of their language model). Others train
+# on the full logits.
 CHUNKED_LOSS_MODEL_TYPES = frozenset(
-    {"llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "phi3", "glm4"}
+    {"llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "phi3", "glm4", "qwen2_5_vl_text"}
 )
 
 
@@ -82,6 +90,15 @@ class FinetuneModel(BaseModel):
             checkpointing on.
         tiled_mlp: Run each layer's MLP over tiles of this many tokens, recomputing them in the backward
             pass (:mod:`xtune.model.tiling`); 0 is off. One device only.
+        vision_tower: LLaVA-style: a CLIP/SigLIP model folder or hub name, composed with the causal LM at
+            ``pretrained_model_name_or_path`` (:func:`xtune.hf.vision.compose_llava`). A VLM folder as
+            ``pretrained_model_name_or_path`` needs none.
+        projector: The projector a pretrain stage trained: its ``.pth`` checkpoint, ZeRO folder or converted
+            folder (``model.safetensors``).
+        freeze_llm: Train no language-model weight (the pretrain stage: only the projector trains).
+        freeze_vision_tower: Keep the vision tower frozen (``full``/``freeze``; adapters use ``vision_lora``).
+        freeze_projector: Keep the projector frozen.
+        vision_lora: With lora/dora/qlora, adapters on the vision tower's linear layers too.
     """
 
     def __init__(
@@ -103,6 +120,12 @@ class FinetuneModel(BaseModel):
         sequence_parallel_size: int = 1,
         activation_offload: bool = False,
         tiled_mlp: int = 0,
+        vision_tower: str | None = None,
+        projector: str | None = None,
+        freeze_llm: bool = False,
+        freeze_vision_tower: bool = True,
+        freeze_projector: bool = False,
+        vision_lora: bool = False,
         data_preprocessor: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -120,9 +143,10 @@ class FinetuneModel(BaseModel):
         self.dtype = resolve_dtype(dtype, knob="model.dtype")
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         quantized = finetune_type == "qlora"
-        self.llm = load_model(
-            pretrained_model_name_or_path,
-            kind=self.objective.model_kind,
+        self.vision_settings = VisionSettings(
+            vision_tower, projector, freeze_llm, freeze_vision_tower, freeze_projector, vision_lora
+        )
+        loading = dict(
             dtype=self.dtype,
             # bitsandbytes quantises as the weights reach the GPU: load them straight onto this rank's one
             device=int(os.environ.get("LOCAL_RANK", 0)) if quantized else None,
@@ -130,8 +154,22 @@ class FinetuneModel(BaseModel):
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
         )
+        self.vision_family = None  # the VisionFamily of a vision-language model; None for text
+        if vision_tower is not None or is_vision_language(pretrained_model_name_or_path, trust_remote_code):
+            self.llm, self.vision_family = vision.load(
+                pretrained_model_name_or_path, self.vision_settings, finetune_type, self.objective.model_kind, **loading
+            )
+            self.attn_implementation = vision.choose_attention(self.llm, self.vision_family, attn_implementation)
+            vision.refuse_unsupported(sequence_parallel_size, tiled_mlp)
+        else:
+            if changed := self.vision_settings.changed():
+                raise ConfigError(
+                    f"{', '.join(changed)} set, but {pretrained_model_name_or_path} is a text model. " + VISION_FIX
+                )
+            self.llm = load_model(pretrained_model_name_or_path, kind=self.objective.model_kind, **loading)
+            self.attn_implementation = choose_attention(self.llm, attn_implementation)
         self.llm.config.use_cache = False
-        self.attn_implementation = choose_attention(self.llm, attn_implementation)
+        self.llm.config.get_text_config().use_cache = False
         self.sequence_parallel_size = sequence_parallel_size
         if sequence_parallel_size > 1:
             from xtune.model import sequence_parallel
@@ -152,8 +190,16 @@ class FinetuneModel(BaseModel):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if finetune_type == "freeze":
             self._apply_freeze(freeze or {})
-        elif finetune_type in ("lora", "dora", "qlora"):
+        if self.vision_family is not None:
+            vision.set_trainable_parts(self.llm, self.vision_family, self.vision_settings, finetune_type)
+        if finetune_type in vision.ADAPTER_TYPES:
             self._apply_lora({**LORA_DEFAULTS, **(lora or {})}, use_dora=finetune_type == "dora")
+        # the trainable vision-side parameters, touched by every step's zero term (see xtune.model.vision)
+        self._vision_parameters = []
+        self._token_types = None
+        if self.vision_family is not None:
+            self._vision_parameters = vision.trainable_vision_parameters(self.causal_lm(), self.vision_family)
+            self._token_types = vision.token_type_ids(self.causal_lm())
         if not isinstance(tiled_mlp, int) or isinstance(tiled_mlp, bool) or tiled_mlp < 0:
             raise ConfigError(f"tiled_mlp must be a whole number of tokens per tile (0 = off), got {tiled_mlp!r}.")
         if tiled_mlp:
@@ -182,7 +228,10 @@ class FinetuneModel(BaseModel):
         )
 
     def _check_packing(self) -> None:
-        check_packing(self.causal_lm(), self.attn_implementation)
+        if self.vision_family is not None:
+            vision.check_packing(self.causal_lm(), self.vision_family, self.attn_implementation)
+        else:
+            check_packing(self.causal_lm(), self.attn_implementation)
         self._packing_checked = True
 
     def _apply_freeze(self, freeze: dict) -> None:
@@ -212,6 +261,13 @@ class FinetuneModel(BaseModel):
             self.llm = prepare_model_for_kbit_training(self.llm, use_gradient_checkpointing=checkpointing)
         # SEQ_CLS makes peft train (and save) the new score head in full beside the adapters
         task = "SEQ_CLS" if self.objective.model_kind == "sequence_classification" else "CAUSAL_LM"
+        if self.vision_family is not None:  # adapters on the language model (and the ViT); the projector in full
+            settings["target_modules"] = vision.lora_targets(
+                self.llm, self.vision_family, self.vision_settings, settings["target_modules"]
+            )
+            settings["modules_to_save"] = vision.modules_to_save(
+                self.vision_family, self.vision_settings, settings["modules_to_save"]
+            )
         config = LoraConfig(task_type=task, use_dora=use_dora, **settings)
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -235,7 +291,10 @@ class FinetuneModel(BaseModel):
         ``batch`` is whatever the objective's collate function produced."""
         batch["input_ids"] = input_ids
         if mode == "loss":
-            return self.objective.compute(self, batch, loss_scale)
+            outputs = self.objective.compute(self, batch, loss_scale)
+            if self._vision_parameters:
+                outputs["loss"] = outputs["loss"] + vision.zero_term(self._vision_parameters)
+            return outputs
         return self.llm(**self.model_inputs(batch), use_cache=False).logits
 
     def model_inputs(self, batch: dict) -> dict:
@@ -248,11 +307,21 @@ class FinetuneModel(BaseModel):
         if position_ids is not None and attention_mask is None and not self._packing_checked:
             self._check_packing()
         masks = attention_inputs(self.attn_implementation, attention_mask, position_ids, batch.get("cu_seq_lens"))
-        return {"input_ids": batch["input_ids"], **masks}
+        if self.vision_family is None and batch.get("vision"):
+            raise ConfigError(
+                f"the batch holds images but {self.pretrained_model_name_or_path} is a text model. " + VISION_FIX
+            )
+        return {"input_ids": batch["input_ids"], **masks, **vision.vision_inputs(batch, self._token_types)}
 
     def causal_lm(self):
         """The transformers causal LM, under peft's wrapper where there is one."""
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def trunk(self) -> torch.nn.Module:
+        """The module whose ``last_hidden_state`` the output layer reads: the decoder, or for a vision-language
+        model its base model (the decoder over the text with the image features merged in)."""
+        causal_lm = self.causal_lm()
+        return causal_lm.model if self.vision_family is not None else causal_lm.get_decoder()
 
     def _chunkable_head(self) -> torch.nn.Linear | None:
         """The output layer when the chunked loss applies to it, else None."""
@@ -260,18 +329,23 @@ class FinetuneModel(BaseModel):
             return None
         causal_lm = self.causal_lm()
         head = causal_lm.get_output_embeddings()
+        model_type = causal_lm.config.get_text_config().model_type  # a VLM's language model
         # exactly nn.Linear: peft's LoRA/modules_to_save wrappers and quantised layers compute differently
-        if causal_lm.config.model_type not in CHUNKED_LOSS_MODEL_TYPES or type(head) is not torch.nn.Linear:
+        if model_type not in CHUNKED_LOSS_MODEL_TYPES or type(head) is not torch.nn.Linear:
             return None
         if head.bias is not None or hasattr(head.weight, "ds_id"):  # ds_id: a ZeRO-3 shard, gathered in forward
             return None
         return head
 
     # ----------------------------------------------------------------------------- checkpoints
+    def _trains_everything(self) -> bool:
+        return all(param.requires_grad for param in self.parameters())
+
     def state_dict(self, *args, **kwargs) -> dict:
-        """All weights for ``full``; only the trainable ones for every other type."""
+        """All weights when every weight trains (``full`` of a text model); only the trainable ones otherwise
+        (adapters, ``freeze``, a VLM's frozen vision tower: a pretrain stage's checkpoint is its projector)."""
         state = super().state_dict(*args, **kwargs)
-        if self.finetune_type == "full":
+        if self._trains_everything():
             return state
         trainable = {name for name, param in self.named_parameters() if param.requires_grad}
         for key in [key for key in state if key not in trainable]:
@@ -279,8 +353,8 @@ class FinetuneModel(BaseModel):
         return state
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
-        """Load a checkpoint; for partial types, missing keys are the frozen base weights."""
-        return super().load_state_dict(state_dict, strict=strict and self.finetune_type == "full", assign=assign)
+        """Load a checkpoint; when not every weight trains, missing keys are the frozen base weights."""
+        return super().load_state_dict(state_dict, strict=strict and self._trains_everything(), assign=assign)
 
 
 SupervisedFinetune = FinetuneModel

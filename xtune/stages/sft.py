@@ -2,7 +2,9 @@
 
 Batch contract (:func:`xtune.dataset.collate.sft_collate_fn`): ``input_ids``, ``labels`` (unshifted,
 -100 where not trained), ``attention_mask`` or, for packed rows, ``position_ids`` (positions restart
-at each sample), and ``num_tokens`` (real tokens per row). One unit is one trained token.
+at each sample), and ``num_tokens`` (real tokens per row). One unit is one trained token. Batches for
+vision-language models may add ``vision``: the image processor's tensors, which the model's inputs carry
+(:meth:`xtune.model.finetune.FinetuneModel.model_inputs`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class SFTObjective(Objective):
         head = model._chunkable_head()  # the builder decides whether the chunked loss applies
         if head is not None:
             causal_lm = model.causal_lm()
-            hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-            softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+            hidden = model.trunk()(**inputs, use_cache=False).last_hidden_state
+            softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
             loss_sum, count = chunked_token_loss_sum(
                 hidden, head.weight, labels, model.loss_chunk_size, softcap, shifted=shifted
             )

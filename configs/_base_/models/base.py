@@ -16,6 +16,14 @@ activation_offload = False
 # Run each layer's MLP over tiles of this many tokens (e.g. 8192), recomputed tile by tile in the backward
 # pass: the MLP's intermediates of a whole long row never exist at once. 0 = off; one GPU only.
 tiled_mlp = 0
+# Images (docs/multimodal.md). A vision-language model folder needs none of these; LLaVA-style training composes
+# the causal LM above with a CLIP/SigLIP vision tower and a new projector.
+vision_tower = None  # LLaVA-style: the ViT folder or hub name, e.g. 'openai/clip-vit-large-patch14-336'
+projector = None  # the pretrain stage's projector: its checkpoint (iter_*.pth, ZeRO folder) or converted folder
+freeze_llm = False  # True for the pretrain stage: only the projector trains
+freeze_vision_tower = True  # LLaVA-1.5 keeps the ViT frozen in both stages
+freeze_projector = False
+vision_lora = False  # with lora/qlora/dora: LoRA on the ViT's linear layers too
 
 model = dict(
     type='SupervisedFinetune',
@@ -28,6 +36,12 @@ model = dict(
     sequence_parallel_size='${sequence_parallel_size}',
     activation_offload='${activation_offload}',
     tiled_mlp='${tiled_mlp}',
+    vision_tower='${vision_tower}',
+    projector='${projector}',
+    freeze_llm='${freeze_llm}',
+    freeze_vision_tower='${freeze_vision_tower}',
+    freeze_projector='${freeze_projector}',
+    vision_lora='${vision_lora}',
     objective='${objective}',  # the stage's objective: set by the dataset/stage base (sft, dpo, ...)
     # the data's packing and micro-batch size: the model checks its attention keeps packed samples apart,
     # and sizes a step's memory for gradient_checkpointing='auto'

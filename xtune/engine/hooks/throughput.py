@@ -107,8 +107,9 @@ class ThroughputHook(Hook):
         causal_lm = model.causal_lm() if hasattr(model, "causal_lm") else None
         if causal_lm is not None:
             self._params = matmul_parameters(causal_lm)
-            self._layers = getattr(causal_lm.config, "num_hidden_layers", 0) or 0
-            self._width = attention_width(causal_lm.config)
+            text = causal_lm.config.get_text_config()  # a vision-language model's language model
+            self._layers = getattr(text, "num_hidden_layers", 0) or 0
+            self._width = attention_width(text)
         self._peak = device_peak_flops()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -176,7 +177,7 @@ def speed_settings(runner) -> dict:
     settings: dict = {}
     causal_lm = model.causal_lm() if hasattr(model, "causal_lm") else None
     if causal_lm is not None:
-        settings["attn_implementation"] = getattr(causal_lm.config, "_attn_implementation", None)
+        settings["attn_implementation"] = getattr(causal_lm.config.get_text_config(), "_attn_implementation", None)
         checkpointing = getattr(causal_lm, "is_activation_checkpointing", None)
         settings["gradient_checkpointing"] = bool(
             checkpointing if checkpointing is not None else causal_lm.is_gradient_checkpointing

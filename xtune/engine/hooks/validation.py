@@ -20,7 +20,7 @@ import torch
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
-from xtune.dataset.collate import count_trained_tokens, sft_collate_fn
+from xtune.dataset.collate import count_trained_tokens, vision_collate_fn
 from xtune.errors import ConfigError
 from xtune.registry import DATASETS, HOOKS
 
@@ -79,8 +79,9 @@ class ValidationHook(Hook):
         if not len(dataset):
             raise ConfigError("the validation data has no usable samples. Check val_data_path or val_size.")
         pad = dataset.tokenizer.pad_token_id or 0
+        # vision_collate_fn is sft_collate_fn plus the items' images, when they have any
         self.loader = DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, collate_fn=lambda b: sft_collate_fn(b, pad)
+            dataset, batch_size=self.batch_size, shuffle=False, collate_fn=lambda b: vision_collate_fn(b, pad)
         )
         runner.logger.info(f"validation: {len(dataset)} rows, every {self.eval_steps or 'end-of-training'} steps")
 
