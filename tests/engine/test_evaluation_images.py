@@ -52,3 +52,14 @@ def test_images_for_a_text_run_are_refused(tiny_llama, vision_models, tmp_path):
     hook = EvaluateChatHook(["a"], evaluation_images=str(vision_models.red))
     with pytest.raises(ConfigError, match="text only"):
         hook.after_train(_runner(load_model_for_chat(str(tiny_llama), device="cpu"), tmp_path, processor=False))
+
+
+def test_the_config_knob_reaches_the_hook(vision_models):  # noqa: F811
+    from xtune.config import load_config
+
+    options = {"evaluation_inputs": [QUESTION], "evaluation_images": str(vision_models.red)}
+    cfg = load_config("llava_tiny_llama_tiny_clip_full_mllm_demo_e30", options)
+    hook = next(h for h in cfg.custom_hooks if h["type"] == "EvaluateChatHook")
+    assert hook["evaluation_images"] == str(vision_models.red)
+    built = EvaluateChatHook(**{k: v for k, v in hook.items() if k != "type"})
+    assert [path for path, _ in built.images] == [str(vision_models.red)]
