@@ -177,8 +177,12 @@ class ChatGenerator:
         if ignore_eos:
             kwargs["min_new_tokens"] = settings.max_new_tokens
         if vision:
-            kwargs.update(_on_model(vision, self.model, device))
-            kwargs.update(_token_types(self.model, input_ids))
+            from xtune.model.vision import token_type_ids, vision_inputs
+
+            # the model's image inputs as training builds them: Qwen-VL also gets mm_token_type_ids, as its
+            # processor returns them; without them transformers gives image tokens 1-D text positions
+            batch = {"input_ids": input_ids, "vision": _on_model(vision, self.model, device)}
+            kwargs.update(vision_inputs(batch, token_type_ids(self.model)))
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -208,21 +212,6 @@ def _on_model(vision: dict, model, device) -> dict:
         key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
         for key, value in vision.items()
     }
-
-
-def _token_types(model, input_ids: torch.Tensor) -> dict:
-    """``mm_token_type_ids`` (1 for image tokens) for families whose 3-D positions are computed from them
-    (Qwen-VL, as its processor returns them and training passes them); nothing for the others. Without them
-    transformers would give the image tokens plain text positions."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", None)
-    if inner is None or "mm_token_type_ids" not in inspect.signature(inner.forward).parameters:
-        return {}
-    types = torch.zeros_like(input_ids, dtype=torch.int32)
-    types[input_ids == base.config.image_token_id] = 1
-    return {"mm_token_type_ids": types}
 
 
 class ChatSession:
