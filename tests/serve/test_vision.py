@@ -219,3 +219,41 @@ def test_allowed_local_media_path_is_checked_and_passed_to_vllm(tiny_llama, caps
         allowed_local_media_path=[str(tmp_path)],
     )
     assert f"--allowed-local-media-path {tmp_path}" in " ".join(vllm_command(args, "tuned", None))
+
+
+def _huge_png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels in a few bytes (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_huge_images_are_refused_before_decoding(apps, tmp_path):
+    # 72 M pixels: under PIL's own bomb limit, over the 64 M read here
+    data = "data:image/png;base64," + base64.b64encode(_huge_png_header(9000, 8000)).decode()
+    response = _ask(apps["llava", "any"], [_image(data), _text(QUESTION)])
+    assert response.status_code == 400 and "9000 x 8000 pixels" in response.json()["error"]["message"]
+
+
+def test_too_many_image_tokens_are_refused_before_the_image_processor_runs(apps, vision_models, monkeypatch):
+    from xtune.hf.vision import VisionProcessor
+
+    client = apps["llava", "any"]
+    calls = []
+    original = VisionProcessor.pixels
+
+    def counted(self, images):
+        calls.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(VisionProcessor, "pixels", counted)
+    many = [_image(_data_url(vision_models.red))] * 130  # 16 tokens each: past the 2048-token context
+    response = _ask(client, [*many, _text(QUESTION)])
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+    assert calls == []  # measured, never processed
+    assert _answer(_ask(client, [_image(_data_url(vision_models.red)), _text(QUESTION)])) and calls == [1]

@@ -15,6 +15,9 @@ from xtune.hf.vision import IMAGE_PLACEHOLDER
 
 IMAGE_FORMATS = "PNG, JPEG, GIF, BMP, WebP"
 """What the error messages suggest; PIL reads more."""
+MAX_PIXELS = 64 * 1024 * 1024
+"""Largest image decoded (8K x 8K): a small file can declare a huge picture, which would take gigabytes to decode.
+Vision processors resize far below this anyway."""
 
 
 def _decoded(stream, source: str):
@@ -22,6 +25,11 @@ def _decoded(stream, source: str):
 
     try:
         with Image.open(stream) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(
+                    f"{source} is {image.width} x {image.height} pixels, more than the {MAX_PIXELS:,} read here; "
+                    "send a smaller image (the model's processor resizes it far below that anyway)."
+                )
             image.load()  # decode now: a truncated file fails here, not inside the image processor
             return image.convert("RGB")
     except UnidentifiedImageError:

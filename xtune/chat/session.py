@@ -109,12 +109,16 @@ class ChatGenerator:
         """Token ids of ``prompt``; a rendered chat prompt already holds its special tokens."""
         return self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def prompt(self, messages: list[dict], images: list | None = None, tools: list[dict] | None = None) -> Prompt:
+    def prompt(
+        self, messages: list[dict], images: list | None = None, tools: list[dict] | None = None, pixels: bool = True
+    ) -> Prompt:
         """The :class:`Prompt` for ``messages`` whose ``<image>`` markers stand for ``images`` (PIL, in order).
 
         Each marker becomes the family's image text (:func:`xtune.hf.vision.expand_image_markers`, as
         training writes it), the conversation is rendered with the chat template, and the images go
-        through the model's own image processor. A text model reads ``<image>`` as plain text.
+        through the model's own image processor. A text model reads ``<image>`` as plain text. With
+        ``pixels=False`` the images are only measured (``vision`` is left None for :meth:`pixels`): a server
+        checks the prompt's length before the image processor runs.
 
         Raises:
             ConfigError: Images for a text-only model, or a conversation the template cannot render.
@@ -138,7 +142,7 @@ class ChatGenerator:
                 f"the conversation spells the image token {self.processor.image_token!r} itself ({found} image "
                 f"tokens where {len(images)} image(s) make {sum(counts)}); write <image> where an image belongs."
             )
-        return Prompt(text, ids, self.processor.pixels(images) if images else None)
+        return Prompt(text, ids, self.processor.pixels(images) if images and pixels else None)
 
     @torch.no_grad()
     def generate(

@@ -109,7 +109,8 @@ def create_app(
         images = await asyncio.to_thread(_read_images, sources, local_media) if sources else []
         prompt = _prompt(engine, messages, images, tools)
         job = _job(engine, body, prompt.ids, engine.stop_words + body.stop_words(), max_new_tokens, chat=True)
-        job.vision = prompt.vision
+        if images:  # the prompt fits: now the image processor's work
+            job.vision = await asyncio.to_thread(engine.loaded.processor.pixels, images)
         generation = _submit(engine, job)
         parse = tool_format if tools else None
         if body.stream:
@@ -223,7 +224,7 @@ def _read_images(sources: list[tuple[str, str]], local: LocalMedia) -> list:
 def _prompt(engine: HFEngine, messages: list[dict], images: list, tools):
     """The prompt for ``messages`` (image tokens expanded, the images' pixels made)."""
     try:
-        return engine.generator.prompt(messages, images, tools)
+        return engine.generator.prompt(messages, images, tools, pixels=False)
     except XtuneError as exc:
         raise APIError(400, str(exc), param="messages") from None
 
