@@ -129,3 +129,14 @@ def test_vlm_folder_full_run_becomes_a_full_folder(parts, tmp_path):
     loaded = AutoModelForImageTextToText.from_pretrained(out)
     assert (_logits(loaded, run.batch) - run.logits).abs().max() < 1e-5
     assert type(AutoProcessor.from_pretrained(out)).__name__ == "LlavaProcessor"
+
+
+def test_a_finetune_run_converts_without_its_pretrain_stage(parts, tmp_path):
+    """The finetune stage starts from the pretrain stage's projector (projector=); its checkpoint holds the
+    trained projector, so converting it needs the pretrain files no more."""
+    composed = {"pretrained_model_name_or_path": str(parts["lm"]), "vision_tower": str(parts["clip"])}
+    pretrain = vision_run({**composed, **COMPOSED["pretrain"]}, tmp_path / "pretrain")
+    run = vision_run({**composed, **COMPOSED["lora"], "projector": str(pretrain.checkpoint)}, tmp_path / "finetune")
+    pretrain.checkpoint.unlink()
+    out = pth_to_hf(run.config, run.checkpoint, tmp_path / "hf")
+    assert (_logits(AutoModelForImageTextToText.from_pretrained(out), run.batch) - run.logits).abs().max() < 1e-5
