@@ -117,8 +117,8 @@ class ChatGenerator:
         Each marker becomes the family's image text (:func:`xtune.hf.vision.expand_image_markers`, as
         training writes it), the conversation is rendered with the chat template, and the images go
         through the model's own image processor. A text model reads ``<image>`` as plain text. With
-        ``pixels=False`` the images are only measured (``vision`` is left None for :meth:`pixels`): a server
-        checks the prompt's length before the image processor runs.
+        ``pixels=False`` the images are only measured and ``vision`` is left None (the caller runs
+        ``processor.pixels``): a server checks the prompt's length before the image processor runs.
 
         Raises:
             ConfigError: Images for a text-only model, or a conversation the template cannot render.
