@@ -222,7 +222,7 @@ def _read_images(sources: list[tuple[str, str]], local: LocalMedia) -> list:
 
 
 def _prompt(engine: HFEngine, messages: list[dict], images: list, tools):
-    """The prompt for ``messages`` (image tokens expanded, the images' pixels made)."""
+    """The prompt for ``messages``, image tokens expanded (pixels are made once its length is checked)."""
     try:
         return engine.generator.prompt(messages, images, tools, pixels=False)
     except XtuneError as exc:
