@@ -74,3 +74,36 @@ def test_the_finetuned_demo_answers_colour_questions_about_its_images(runs):
     before, cfg = _model(pretrain, PRETRAIN)
     untrained = sum(colour in answer.lower() for colour, answer in colour_answers(before, cfg))
     assert untrained <= 4
+
+
+def test_the_converted_demo_answers_them_in_xtune_chat(runs, tmp_path, capsys):
+    """The user's path: `xtune convert pth_to_hf` of the finetune run, then `xtune chat FOLDER --image`; the
+    folder is a plain LLaVA (no xtune needed to load it) that answers as the training model did."""
+    from transformers import AutoModelForImageTextToText
+
+    from xtune.chat import ChatSession, GenerationSettings
+    from xtune.chat.images import open_image
+    from xtune.chat.loading import load_model_for_chat
+    from xtune.chat.stopping import template_stop_words
+    from xtune.cli import main
+
+    _, finetune = runs
+    out = tmp_path / "hf"
+    assert main(["convert", "pth_to_hf", str(finetune / f"{FINETUNE}.py"), str(read_pointer(finetune)), str(out)]) == 0
+    assert type(AutoModelForImageTextToText.from_pretrained(out)).__name__ == "LlavaForConditionalGeneration"
+    loaded = load_model_for_chat(str(out), device="cpu")
+    settings = GenerationSettings(max_new_tokens=6, temperature=0)
+    words = template_stop_words(loaded.tokenizer, loaded.template)
+    session = ChatSession(loaded.model, loaded.tokenizer, words, settings=settings, processor=loaded.processor)
+    answers = []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            session.reset()
+            image = open_image(DATA_DIR / "vision_demo" / "images" / f"{colour}_{shape}.png")
+            answers.append((colour, session.ask("What colour is the shape?", images=[image])))
+    assert sum(colour in answer.lower() for colour, answer in answers) >= 10, answers
+    capsys.readouterr()
+    red = DATA_DIR / "vision_demo" / "images" / "red_circle.png"
+    ask = ["--image", str(red), "--prompt", "What colour is the shape?", "--temperature", "0", "--max-new-tokens", "6"]
+    assert main(["chat", str(out), *ask]) == 0
+    assert capsys.readouterr().out.strip() == answers[0][1]

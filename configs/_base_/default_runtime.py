@@ -26,7 +26,7 @@ custom_hooks = [
     dict(type='ReferenceLogpsHook'),  # DPO/KTO: the initial model's log-probs, kept in checkpoints
     dict(type='LossCurveHook'),
     dict(type='EvaluateChatHook', evaluation_inputs='${evaluation_inputs}', every_n_iters='${evaluation_freq}',
-         inputs_for='${evaluation_inputs_for}', data_path='${data_path}'),
+         inputs_for='${evaluation_inputs_for}', data_path='${data_path}', evaluation_images='${evaluation_images}'),
     dict(type='SaveHFHook', enabled='${save_hf_at_end}'),
     dict(type='ValidationHook', val_data_path='${val_data_path}', val_size='${val_size}', eval_steps='${eval_steps}',
          save_best='${save_best}', batch_size='${batch_size}'),

@@ -23,3 +23,6 @@ def lora_adapter(lora_run, tmp_path_factory):
     from xtune.convert import pth_to_hf
 
     return pth_to_hf(lora_run.config, lora_run.checkpoint, tmp_path_factory.mktemp("adapter") / "hf")
+
+
+from tests.vision_fixtures import vision_models  # noqa: E402, F401  (tiny VLM folders and images)

@@ -115,3 +115,6 @@ def client(server):
     import openai
 
     return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+
+
+from tests.vision_fixtures import vision_models  # noqa: E402, F401  (tiny VLM folders and images)

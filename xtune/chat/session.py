@@ -6,13 +6,13 @@ temperature 0 is the same token for token whichever of them asks.
 """
 
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 from jinja2.exceptions import TemplateError
 
 from xtune.chat.stopping import StopWordStreamer, cut_at_stop, stop_token_ids
-from xtune.errors import ConfigError
+from xtune.errors import ConfigError, DataError
 
 
 @dataclass
@@ -48,19 +48,40 @@ class GenerationSettings:
         }
 
 
+@dataclass
+class Prompt:
+    """What the model reads for one answer.
+
+    Attributes:
+        text: The rendered prompt (image tokens expanded).
+        ids: Its token ids.
+        vision: The image processor's tensors for the prompt's images (``pixel_values``, Qwen's
+            ``image_grid_thw``), or None without images.
+    """
+
+    text: str
+    ids: list[int]
+    vision: dict[str, Any] | None = None
+
+
 class ChatGenerator:
     """Renders messages with the tokenizer's chat template and generates one answer.
 
     Args:
-        model: A transformers causal LM (or PEFT model), in eval mode.
+        model: A transformers causal LM or vision-language model (or PEFT model), in eval mode.
         tokenizer: Its tokenizer, with the chat template to use installed.
         stop_words: Strings that end an answer (see :func:`xtune.chat.stopping.template_stop_words`).
         generate_kwargs: More arguments for ``model.generate`` (e.g. ``synced_gpus`` under ZeRO-3).
+        processor: The :class:`~xtune.hf.vision.VisionProcessor` of a vision-language model (None: the
+            model reads text only).
     """
 
-    def __init__(self, model, tokenizer, stop_words: list[str], generate_kwargs: dict | None = None) -> None:
+    def __init__(
+        self, model, tokenizer, stop_words: list[str], generate_kwargs: dict | None = None, processor=None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor
         self.stop_words = list(stop_words)
         self.generate_kwargs = dict(generate_kwargs or {})
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -88,6 +109,41 @@ class ChatGenerator:
         """Token ids of ``prompt``; a rendered chat prompt already holds its special tokens."""
         return self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
 
+    def prompt(
+        self, messages: list[dict], images: list | None = None, tools: list[dict] | None = None, pixels: bool = True
+    ) -> Prompt:
+        """The :class:`Prompt` for ``messages`` whose ``<image>`` markers stand for ``images`` (PIL, in order).
+
+        Each marker becomes the family's image text (:func:`xtune.hf.vision.expand_image_markers`, as
+        training writes it), the conversation is rendered with the chat template, and the images go
+        through the model's own image processor. A text model reads ``<image>`` as plain text. With
+        ``pixels=False`` the images are only measured and ``vision`` is left None (the caller runs
+        ``processor.pixels``): a server checks the prompt's length before the image processor runs.
+
+        Raises:
+            ConfigError: Images for a text-only model, or a conversation the template cannot render.
+            DataError: The markers and the images differ in number, an assistant message holds a marker,
+                or the text spells the image token itself.
+        """
+        images = list(images or [])
+        if self.processor is None:
+            if images:
+                raise ConfigError("this model reads text only; images need a vision-language model.")
+            text = self.render(messages, tools)
+            return Prompt(text, self.encode(text))
+        from xtune.hf.vision import expand_image_markers
+
+        counts = self.processor.token_counts([(image.height, image.width) for image in images])
+        text = self.render(expand_image_markers(messages, counts, self.processor), tools)
+        ids = self.encode(text)
+        found = ids.count(self.processor.image_token_id)
+        if found != sum(counts):
+            raise DataError(
+                f"the conversation spells the image token {self.processor.image_token!r} itself ({found} image "
+                f"tokens where {len(images)} image(s) make {sum(counts)}); write <image> where an image belongs."
+            )
+        return Prompt(text, ids, self.processor.pixels(images) if images and pixels else None)
+
     @torch.no_grad()
     def generate(
         self,
@@ -97,6 +153,7 @@ class ChatGenerator:
         streamer=None,
         stopping_criteria=None,
         ignore_eos: bool = False,
+        vision: dict | None = None,
     ) -> list[int]:
         """Generate after the prompt ``ids``; returns the new token ids (stop tokens included).
 
@@ -108,6 +165,7 @@ class ChatGenerator:
             stopping_criteria: More ``StoppingCriteria`` (e.g. one that ends a cancelled request).
             ignore_eos: Generate ``max_new_tokens`` tokens: EOS and single-token stop words are
                 suppressed until then (multi-token stop words still end the answer).
+            vision: The prompt's image tensors (:attr:`Prompt.vision`), for a vision-language model.
         """
         words = self.stop_words if stop_words is None else list(stop_words)
         eos_ids = self.eos_ids(words)
@@ -122,6 +180,13 @@ class ChatGenerator:
         kwargs = settings.to_generate_kwargs()
         if ignore_eos:
             kwargs["min_new_tokens"] = settings.max_new_tokens
+        if vision:
+            from xtune.model.vision import token_type_ids, vision_inputs
+
+            # the model's image inputs as training builds them: Qwen-VL also gets mm_token_type_ids, as its
+            # processor returns them; without them transformers gives image tokens 1-D text positions
+            batch = {"input_ids": input_ids, "vision": _on_model(vision, self.model, device)}
+            kwargs.update(vision_inputs(batch, token_type_ids(self.model)))
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -144,6 +209,15 @@ class ChatGenerator:
         return text.strip() if strip else text
 
 
+def _on_model(vision: dict, model, device) -> dict:
+    """Image tensors on the model's device; pixels in the model's floating dtype (bf16 on a GPU)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return {
+        key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        for key, value in vision.items()
+    }
+
+
 class ChatSession:
     """A conversation: each :meth:`ask` renders the whole history with the chat template and generates.
 
@@ -154,6 +228,8 @@ class ChatSession:
         system: An optional system prompt, sent first in every conversation.
         settings: Sampling settings.
         generate_kwargs: More arguments for ``model.generate`` (e.g. ``synced_gpus`` under ZeRO-3).
+        processor: A vision-language model's :class:`~xtune.hf.vision.VisionProcessor`: messages may then
+            carry images (see :meth:`ask`).
     """
 
     def __init__(
@@ -164,18 +240,21 @@ class ChatSession:
         system: str | None = None,
         settings: GenerationSettings | None = None,
         generate_kwargs: dict | None = None,
+        processor=None,
     ) -> None:
-        self.generator = ChatGenerator(model, tokenizer, stop_words, generate_kwargs)
+        self.generator = ChatGenerator(model, tokenizer, stop_words, generate_kwargs, processor=processor)
         self.model = model
         self.tokenizer = tokenizer
         self.stop_words = self.generator.stop_words
         self.system = system
         self.settings = settings or GenerationSettings()
         self.history: list[dict] = []
+        self.images: list = []  # the history's images, in the order of its <image> markers
 
     def reset(self) -> None:
-        """Forget the conversation so far."""
+        """Forget the conversation so far (its images too)."""
         self.history = []
+        self.images = []
 
     def messages(self, text: str) -> list[dict]:
         """The conversation sent to the model when the user says ``text`` next."""
@@ -190,20 +269,35 @@ class ChatSession:
         """
         return self.generator.render(self.messages(text))
 
-    def ask(self, text: str, stream: TextIO | None = None, stopping_criteria=None) -> str:
+    def ask(self, text: str, stream: TextIO | None = None, stopping_criteria=None, images: list | None = None) -> str:
         """Answer ``text`` in the conversation and remember both turns.
 
         Args:
             text: The user's message.
             stream: Write the answer there token by token as it is generated (None: do not stream).
             stopping_criteria: More ``StoppingCriteria`` (e.g. one that ends an answer the page cancelled).
+            images: PIL images that go with ``text``: where its ``<image>`` markers are, or one per line
+                before it when it has none (:func:`xtune.chat.images.with_image_markers`). Earlier turns'
+                images stay in the conversation.
 
         Returns:
             The answer, without stop words and surrounding whitespace.
+
+        Raises:
+            XtuneError: Images for a text-only model, or markers that do not match the images; the
+                conversation is unchanged.
         """
-        ids = self.generator.encode(self.render(text))
+        from xtune.chat.images import with_image_markers
+
+        images = list(images or [])
+        if images:
+            text = with_image_markers(text, len(images))
+        prompt = self.generator.prompt(self.messages(text), self.images + images)
         streamer = StopWordStreamer(self.tokenizer, self.stop_words, out=stream) if stream is not None else None
-        new_ids = self.generator.generate(ids, self.settings, streamer=streamer, stopping_criteria=stopping_criteria)
+        new_ids = self.generator.generate(
+            prompt.ids, self.settings, streamer=streamer, stopping_criteria=stopping_criteria, vision=prompt.vision
+        )
         answer = self.generator.answer_text(new_ids)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        self.images += images
         return answer

@@ -10,10 +10,12 @@ from xtune.hf.dtypes import DTYPE_NAMES
 EXAMPLES = (
     "Examples: xtune chat merged_dir --prompt 'Who are you?' --temperature 0 | "
     "xtune chat data/models/tiny_llama --adapter hf_adapter | "
+    "xtune chat llava_dir --image cat.png --prompt 'What is in the picture?' | "
     "xtune chat --config work_dirs/demo/tiny_llama_lora_identity_e3.py "
     "--checkpoint work_dirs/demo/iter_500.pth"
 )
 HELP_LINE = "Type a message; /reset clears the conversation, /exit or Ctrl-D leaves."
+IMAGE_HELP_LINE = "/image PATH adds an image to your next message (where it writes <image>, else before it)."
 
 
 def add_model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
@@ -52,6 +54,15 @@ def add_parser(sub, name: str, text: str) -> None:
         default=[],
         metavar="TEXT",
         help="answer this prompt (each in a new conversation), print the answer and exit; repeatable",
+    )
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an image for a vision-language model; repeatable. The images go where the prompt writes "
+        "<image> (one marker per image), else before its text; each --prompt gets them. Without --prompt "
+        "they go with the first message",
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
@@ -119,10 +130,17 @@ def chat(args: argparse.Namespace) -> int:
     check_model_arguments(args, "chat", EXAMPLES)
     if args.max_new_tokens < 1:
         raise XtuneError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    from xtune.chat.images import open_image
     from xtune.chat.session import ChatSession, GenerationSettings
     from xtune.chat.stopping import template_stop_words
 
+    images = [open_image(path) for path in args.image]  # a bad image fails before the model loads
     loaded = load_model_from_arguments(args)
+    if images and not loaded.reads_images:
+        raise XtuneError(
+            f"--image: {args.model or args.config} is a text-only model; images need a vision-language model "
+            "(e.g. a llava or qwen2_5_vl folder, or a converted LLaVA run)."
+        )
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -131,22 +149,32 @@ def chat(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
     )
     stop_words = template_stop_words(loaded.tokenizer, loaded.template, args.stop_words)
-    session = ChatSession(loaded.model, loaded.tokenizer, stop_words, system=args.system, settings=settings)
+    session = ChatSession(
+        loaded.model, loaded.tokenizer, stop_words, system=args.system, settings=settings, processor=loaded.processor
+    )
     if args.prompt:
         for prompt in args.prompt:
             session.reset()
-            print(session.ask(prompt), flush=True)
+            print(session.ask(prompt, images=images), flush=True)
         return 0
-    return interact(session)
+    return interact(session, images=images)
 
 
-def interact(session, read=None) -> int:
-    """The interactive loop: stream each answer; ``/reset``, ``/exit`` and Ctrl-D as documented.
+def interact(session, read=None, images: list | None = None) -> int:
+    """The interactive loop: stream each answer; ``/reset``, ``/image``, ``/exit`` and Ctrl-D as documented.
 
-    ``read`` asks for the next line (default: :func:`input`).
+    ``read`` asks for the next line (default: :func:`input`); ``images`` go with the first message. A
+    message that cannot be asked (a bad image, markers that do not match the images) is reported and the
+    conversation goes on.
     """
+    from xtune.chat.images import open_image
+
     read = read or input
+    pending = list(images or [])
+    reads_images = session.generator.processor is not None
     print(HELP_LINE, file=sys.stderr)
+    if reads_images:
+        print(IMAGE_HELP_LINE, file=sys.stderr)
     while True:
         try:
             text = read(">>> ")
@@ -158,8 +186,34 @@ def interact(session, read=None) -> int:
             return 0
         if command == "/reset":
             session.reset()
+            pending = []
             print("(conversation cleared)", file=sys.stderr)
+            continue
+        if command == "/image" or command.startswith("/image "):
+            pending += _read_image(command[len("/image") :].strip(), reads_images, open_image)
             continue
         if not command:
             continue
-        session.ask(text, stream=sys.stdout)
+        try:
+            session.ask(text, stream=sys.stdout, images=pending)
+        except XtuneError as exc:
+            print(f"xtune: error: {exc}", file=sys.stderr)
+            continue
+        pending = []
+
+
+def _read_image(path: str, reads_images: bool, open_image) -> list:
+    """The image ``/image PATH`` names, or nothing (the problem printed) when it cannot be used."""
+    if not reads_images:
+        print("xtune: error: /image: this model reads text only.", file=sys.stderr)
+    elif not path:
+        print("xtune: error: /image needs a path: /image PATH", file=sys.stderr)
+    else:
+        try:
+            image = open_image(path)
+        except XtuneError as exc:
+            print(f"xtune: error: {exc}", file=sys.stderr)
+        else:
+            print(f"(image {path} added to your next message)", file=sys.stderr)
+            return [image]
+    return []

@@ -35,6 +35,13 @@ def add_parser(sub, name: str, text: str) -> None:
     p.add_argument(
         "--max-new-tokens", type=int, default=2048, help="most tokens one request may generate (default 2048)"
     )
+    p.add_argument(
+        "--allowed-local-media-path",
+        action="append",
+        metavar="DIR",
+        help="a vision-language model reads image files that requests name (file paths, file:// URLs) only "
+        "under DIR; repeatable (default: any file on a loopback --host, none on a wider one)",
+    )
     p.set_defaults(func=serve)
 
 
@@ -44,6 +51,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise XtuneError(f"--max-concurrency must be at least 1, got {args.max_concurrency}.")
     if args.max_new_tokens < 1:
         raise XtuneError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    for folder in args.allowed_local_media_path or []:
+        if not Path(folder).expanduser().is_dir():
+            raise XtuneError(f"--allowed-local-media-path {folder}: no such folder.")
     if not 0 <= args.port <= 65535:
         raise XtuneError(f"--port must be 0-65535, got {args.port}.")
     if not _is_loopback(args.host) and not args.api_key:
@@ -109,6 +119,14 @@ def _ready_message(host: str, port: int, name: str, api_key: str | None, concurr
     )
 
 
+def local_media_roots(args: argparse.Namespace) -> list[str] | None:
+    """Folders whose image files requests may name: ``--allowed-local-media-path``; else any file when
+    only this machine can connect, none when others can (:class:`xtune.serve.media.LocalMedia`)."""
+    if args.allowed_local_media_path:
+        return list(args.allowed_local_media_path)
+    return None if _is_loopback(args.host) else []
+
+
 def serve(args: argparse.Namespace) -> int:
     _check_args(args)
     name = model_name(args)
@@ -118,12 +136,14 @@ def serve(args: argparse.Namespace) -> int:
         return serve_with_vllm(args, name, args.api_key)
     from xtune.serve.app import create_app
     from xtune.serve.engine import HFEngine
+    from xtune.serve.media import LocalMedia
     from xtune.serve.server import run_server
 
     sock = _bind(args.host, args.port)  # before loading: a busy port fails in a second, not after a minute
     try:
         engine = HFEngine(load_model_from_arguments(args), max_concurrency=args.max_concurrency)
-        app = create_app(engine, name, api_key=args.api_key, max_new_tokens=args.max_new_tokens)
+        media = LocalMedia(local_media_roots(args))
+        app = create_app(engine, name, api_key=args.api_key, max_new_tokens=args.max_new_tokens, local_media=media)
         host, port = sock.getsockname()[:2]
         run_server(app, sock, engine, _ready_message(host, port, name, args.api_key, args.max_concurrency))
     finally:

@@ -194,6 +194,9 @@ def build_trained_model(
         settings.pop("quantization", None)
     if dtype is not None:
         settings["dtype"] = dtype
+    if settings.get("projector") and _holds_projector(state):
+        # the run trained its projector: the checkpoint has it, the pretrain stage's files are not needed
+        settings["projector"] = None
     # Gradient checkpointing only matters for training; it would also switch the KV cache off.
     settings["gradient_checkpointing"] = False
     # How training split and stored its activations: one process generates and converts on whole rows.
@@ -211,6 +214,14 @@ def build_trained_model(
     model.eval()
     model.llm.config.use_cache = True
     return model
+
+
+def _holds_projector(state: StateDict) -> bool:
+    """Whether a vision run's checkpoint holds its projector's weights."""
+    from xtune.hf.vision import VISION_FAMILIES
+
+    paths = {family.projector for family in VISION_FAMILIES.values()}
+    return any(path + "." in key for key in state for path in paths)
 
 
 def load_trained_state(model, state: StateDict, source: str = "the checkpoint") -> None:

@@ -15,9 +15,11 @@ from transformers import GenerationConfig
 from xtune.convert.adapter import attach_adapter, read_adapter_config
 from xtune.convert.hf_files import CONFIG_COPY, check_shard_size, has_tokenizer
 from xtune.convert.output import check_save_dir, staged_dir
+from xtune.convert.vision import save_processor_files, verification_inputs
 from xtune.errors import XtuneError
 from xtune.hf.dtypes import check_dtype, resolve_device
 from xtune.hf.load import load_model, load_tokenizer, recorded_dtype
+from xtune.hf.vision import is_vision_language, load_processor, load_vision_model
 
 # Largest logit difference --verify accepts, relative to the largest logit (at least 1): the merged
 # weights are rounded once more to the dtype than base + adapter, and the error grows layer by layer.
@@ -42,13 +44,14 @@ class MergeResult:
 
 
 def load_base(base: str | Path, dtype: str, device: str = "cpu"):
-    """Load the base causal LM in ``dtype`` on ``device``.
+    """Load the base model (a causal LM, or a vision-language model) in ``dtype`` on ``device``.
 
     Raises:
         XtuneError: The base model cannot be loaded.
     """
     fix = "Pass a Hugging Face model folder."
-    model = load_model(base, dtype=dtype, device=device, what="the base model", fix=fix, error=XtuneError)
+    loader = load_vision_model if is_vision_language(base) else load_model
+    model = loader(base, dtype=dtype, device=device, what="the base model", fix=fix, error=XtuneError)
     return model.eval()
 
 
@@ -59,9 +62,11 @@ def verification_batch(vocab_size: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+def _logits(model, inputs: dict) -> torch.Tensor:
     device = next(model.parameters()).device
-    return model(input_ids=ids.to(device), use_cache=False).logits.float().cpu()
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    moved = {k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+    return model(**moved, use_cache=False).logits.float().cpu()
 
 
 def merge_adapter(
@@ -75,6 +80,9 @@ def merge_adapter(
     overwrite: bool = False,
 ) -> MergeResult:
     """Merge ``adapter`` into ``base`` and save the result with the tokenizer to ``save_dir``.
+
+    A vision-language base (LLaVA, Qwen2.5-VL) is merged the same way and saved with its processor files
+    (:func:`xtune.convert.vision.save_processor_files`); ``verify`` then runs an image through both.
 
     Args:
         base: The base model folder (or hub name) the adapter was trained on.
@@ -98,13 +106,22 @@ def merge_adapter(
     dtype = recorded_dtype(base) if dtype == "auto" else dtype
     print(f"xtune: loading {base} ({dtype}, {device})", file=sys.stderr)
     model = attach_adapter(load_base(base, dtype, device), adapter, base_name=f"the base model {base}")
+    tokenizer_source = adapter if has_tokenizer(adapter) else base
+    tokenizer = _load_tokenizer(tokenizer_source)
+    processor = None
+    if is_vision_language(base):
+        processor = load_processor(base, fix="Pass a Hugging Face model folder.", error=XtuneError)
+        if tokenizer is not None:  # the training tokenizer and template, saved beside the adapter
+            processor.tokenizer = tokenizer
     diff = tolerance = None
     if verify:
-        ids = verification_batch(model.get_base_model().config.get_text_config().vocab_size)
-        expected = _logits(model, ids)
+        inputs = {"input_ids": verification_batch(model.get_base_model().config.get_text_config().vocab_size)}
+        if processor is not None:
+            inputs = verification_inputs(processor, inputs["input_ids"])
+        expected = _logits(model, inputs)
     merged = model.merge_and_unload()
     if verify:
-        diff = float((_logits(merged, ids) - expected).abs().max())
+        diff = float((_logits(merged, inputs) - expected).abs().max())
         tolerance = VERIFY_TOLERANCE[dtype] * max(1.0, float(expected.abs().max()))
         if not diff <= tolerance:
             raise XtuneError(
@@ -116,11 +133,11 @@ def merge_adapter(
     generation_file = Path(adapter) / "generation_config.json"
     if generation_file.is_file():  # written by pth_to_hf: stops at the training template's end tokens
         merged.generation_config = GenerationConfig.from_pretrained(str(adapter))
-    tokenizer_source = adapter if has_tokenizer(adapter) else base
-    tokenizer = _load_tokenizer(tokenizer_source)
     with staged_dir(save_dir, overwrite) as staging:
         merged.save_pretrained(str(staging), max_shard_size=max_shard_size)
-        if tokenizer is not None:
+        if processor is not None:
+            save_processor_files(staging, processor, merged.config, base)
+        elif tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
         if (Path(adapter) / CONFIG_COPY).is_file():
             shutil.copyfile(Path(adapter) / CONFIG_COPY, staging / CONFIG_COPY)

@@ -5,6 +5,11 @@ model, ``adapter_model.safetensors``) that ``PeftModel.from_pretrained(base, fol
 freeze runs become a complete model folder. Both get the training tokenizer with the training chat
 template, a ``generation_config.json`` that stops at the template's end-of-turn token, and a copy of
 the training config.
+
+Vision-language runs (:mod:`xtune.convert.vision`): a LLaVA composed from a ``vision_tower`` always
+becomes a complete ``LlavaForConditionalGeneration`` folder (LoRA adapters merged in, the trained
+projector with it), since its base exists nowhere as a folder; a run on a VLM folder becomes an adapter
+or a full folder as above. Both get the processor files (image processor, LLaVA's processor settings).
 """
 
 import sys
@@ -30,6 +35,7 @@ from xtune.convert.hf_files import (
     write_config_copy,
 )
 from xtune.convert.output import check_save_dir, staged_dir
+from xtune.convert.vision import is_vision_run, save_processor_files, trained_processor
 from xtune.hf.dtypes import check_dtype, torch_dtype
 
 ADAPTER_TYPES = ("lora", "dora", "qlora")
@@ -85,13 +91,17 @@ def pth_to_hf(
     )
     from xtune.dataset.tokenizer import load_tokenizer_with_template
 
+    settings = model_settings(cfg)
     tokenizer_path, template = tokenizer_settings(cfg)
-    tokenizer = load_tokenizer_with_template(
-        tokenizer_path, template, bool(model_settings(cfg).get("trust_remote_code"))
-    )
+    processor = trained_processor(settings, tokenizer_path, template) if is_vision_run(settings) else None
+    if processor is not None:
+        tokenizer = processor.tokenizer
+    else:
+        tokenizer = load_tokenizer_with_template(tokenizer_path, template, bool(settings.get("trust_remote_code")))
     generation_config = generation_config_for(model.llm, tokenizer, template)
+    composed = bool(settings.get("vision_tower"))
     with staged_dir(save_dir, overwrite) as staging:
-        if is_adapter:
+        if is_adapter and not composed:
             if dtype != "auto":
                 _cast_trainable(model.llm, torch_dtype(dtype))
             model.llm.save_pretrained(str(staging), safe_serialization=safe_serialization)
@@ -100,15 +110,26 @@ def pth_to_hf(
             generation_config.save_pretrained(str(staging))
         else:
             llm = model.llm
+            if is_adapter:  # a composed LLaVA: its adapters merged into the one folder it becomes
+                llm = llm.merge_and_unload().to(torch_dtype(out_dtype))
             llm.generation_config = generation_config
             llm.save_pretrained(str(staging), max_shard_size=max_shard_size)
             if not safe_serialization:
                 safetensors_to_bin(staging)
-        tokenizer.save_pretrained(str(staging))
+        if processor is not None:
+            base = None if composed else settings["pretrained_model_name_or_path"]
+            save_processor_files(staging, processor, _base_config(model.llm), base)
+        else:
+            tokenizer.save_pretrained(str(staging))
         write_config_copy(staging, cfg.pretty_text, f"converted from {Path(checkpoint).name}")
-    kind = "PEFT adapter" if is_adapter else f"{out_dtype} model"
+    kind = "PEFT adapter" if is_adapter and not composed else f"{out_dtype} model"
     print(f"xtune: saved the {kind} to {save_dir}", file=sys.stderr)
     return save_dir
+
+
+def _base_config(llm):
+    """The transformers config of ``llm``, under a PEFT wrapper or not."""
+    return llm.get_base_model().config if hasattr(llm, "get_base_model") else llm.config
 
 
 def _cast_trainable(llm, dtype) -> None:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xtune.chat.session import GenerationSettings
 from xtune.errors import XtuneError
 from xtune.serve.engine import Generation, HFEngine, Job, Outcome, Overloaded
+from xtune.serve.media import LocalMedia, read_image
 from xtune.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -26,9 +27,17 @@ from xtune.serve.tool_calls import parse_tool_calls, tool_call_format
 
 # A chat request is text; 8 MiB holds a conversation far longer than any context this serves.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# A vision-language model's requests carry images inline (base64: 4/3 of the file): room for a few photos.
+MAX_IMAGE_BODY_BYTES = 48 * 1024 * 1024
 
 
-def create_app(engine: HFEngine, model_name: str, api_key: str | None = None, max_new_tokens: int = 2048) -> FastAPI:
+def create_app(
+    engine: HFEngine,
+    model_name: str,
+    api_key: str | None = None,
+    max_new_tokens: int = 2048,
+    local_media: LocalMedia | None = None,
+) -> FastAPI:
     """The API over ``engine``, answering to ``model_name``.
 
     Args:
@@ -36,10 +45,15 @@ def create_app(engine: HFEngine, model_name: str, api_key: str | None = None, ma
         model_name: The ``id`` in ``/v1/models``; requests naming another model get a 404.
         api_key: When set, ``/v1/*`` needs ``Authorization: Bearer <api_key>``.
         max_new_tokens: The most tokens one request may generate (the default when it names none).
+        local_media: Which local image files requests may name (default: any; see
+            :mod:`xtune.serve.media`). Only used when the model reads images.
     """
     app = FastAPI(title="xtune serve", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     tool_format = tool_call_format(engine.tokenizer, engine.loaded.template)
+    reads_images = engine.loaded.processor is not None
+    body_limit = MAX_IMAGE_BODY_BYTES if reads_images else MAX_BODY_BYTES
+    local_media = local_media or LocalMedia(None)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -84,15 +98,19 @@ def create_app(engine: HFEngine, model_name: str, api_key: str | None = None, ma
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = _parse(await _read_json(request), ChatCompletionRequest)
+        body = _parse(await _read_json(request, body_limit), ChatCompletionRequest)
         _check_model(body.model, model_name)
-        messages = template_messages(body.messages)
+        sources: list[tuple[str, str]] | None = [] if reads_images else None
+        messages = template_messages(body.messages, sources)
         tools = body.tool_list()
-        prompt = _render(engine, messages, tools)
-        if tools and prompt == _render(engine, messages, None):
+        if tools and _render(engine, messages, tools) == _render(engine, messages, None):
             raise APIError(400, "tools: this model's chat template does not render tools.", param="tools")
-        ids = engine.generator.encode(prompt)
-        job = _job(engine, body, ids, engine.stop_words + body.stop_words(), max_new_tokens, chat=True)
+        # Reading and decoding images takes a while: off the event loop (text is tokenized on it, as ever).
+        images = await asyncio.to_thread(_read_images, sources, local_media) if sources else []
+        prompt = _prompt(engine, messages, images, tools)
+        job = _job(engine, body, prompt.ids, engine.stop_words + body.stop_words(), max_new_tokens, chat=True)
+        if images:  # the prompt fits: now the image processor's work
+            job.vision = await asyncio.to_thread(engine.loaded.processor.pixels, images)
         generation = _submit(engine, job)
         parse = tool_format if tools else None
         if body.stream:
@@ -109,9 +127,16 @@ def create_app(engine: HFEngine, model_name: str, api_key: str | None = None, ma
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = _parse(await _read_json(request), CompletionRequest)
+        body = _parse(await _read_json(request, body_limit), CompletionRequest)
         _check_model(body.model, model_name)
         ids = engine.generator.encode(body.prompt_text(), add_special_tokens=True)
+        if reads_images and engine.loaded.processor.image_token_id in ids:
+            raise APIError(
+                400,
+                f"prompt: it spells the image token {engine.loaded.processor.image_token!r}; completions read "
+                "text only (send images to /v1/chat/completions).",
+                param="prompt",
+            )
         eos = [engine.tokenizer.eos_token] if engine.tokenizer.eos_token else []
         job = _job(engine, body, ids, eos + body.stop_words(), max_new_tokens, chat=False)
         generation = _submit(engine, job)
@@ -147,16 +172,16 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
-async def _read_json(request: Request) -> object:
+async def _read_json(request: Request, limit: int = MAX_BODY_BYTES) -> object:
     """The body as JSON, read with a size cap (a client cannot make the server buffer gigabytes)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes.", code="request_too_large")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body over {limit} bytes.", code="request_too_large")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes.", code="request_too_large")
+        if size > limit:
+            raise APIError(413, f"request body over {limit} bytes.", code="request_too_large")
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
@@ -188,6 +213,18 @@ def _check_model(name: str | None, served: str) -> None:
 def _render(engine: HFEngine, messages: list[dict], tools: list[dict] | None) -> str:
     try:
         return engine.generator.render(messages, tools)
+    except XtuneError as exc:
+        raise APIError(400, str(exc), param="messages") from None
+
+
+def _read_images(sources: list[tuple[str, str]], local: LocalMedia) -> list:
+    return [read_image(url, param, local) for param, url in sources]
+
+
+def _prompt(engine: HFEngine, messages: list[dict], images: list, tools):
+    """The prompt for ``messages``, image tokens expanded (pixels are made once its length is checked)."""
+    try:
+        return engine.generator.prompt(messages, images, tools, pixels=False)
     except XtuneError as exc:
         raise APIError(400, str(exc), param="messages") from None
 

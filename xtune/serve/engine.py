@@ -34,6 +34,7 @@ class Job:
             completion is returned as generated.
         seed: Seed torch's generator for this request (it then runs alone: the generator is global).
         ignore_eos: Generate ``max_new_tokens`` tokens, not stopping at EOS.
+        vision: The prompt's image tensors, for a vision-language model (see :class:`xtune.chat.session.Prompt`).
     """
 
     prompt_ids: list[int]
@@ -42,6 +43,7 @@ class Job:
     chat: bool = True
     seed: int | None = None
     ignore_eos: bool = False
+    vision: dict | None = None
 
 
 @dataclass
@@ -148,7 +150,7 @@ class HFEngine:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.stop_words = template_stop_words(loaded.tokenizer, loaded.template)
-        self.generator = ChatGenerator(loaded.model, loaded.tokenizer, self.stop_words)
+        self.generator = ChatGenerator(loaded.model, loaded.tokenizer, self.stop_words, processor=loaded.processor)
         self.max_concurrency = max_concurrency
         self.max_waiting = max_waiting
         self.context_length = _context_length(loaded)
@@ -215,6 +217,7 @@ class HFEngine:
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([StopOnEvent(generation.cancelled, self._stopping)]),
                     ignore_eos=job.ignore_eos,
+                    vision=job.vision,
                 )
             except Exception:
                 self._count(failed=1)
@@ -248,6 +251,8 @@ class HFEngine:
 def _context_length(loaded: ChatModel) -> int:
     """The longest sequence the model takes: its position limit, or the tokenizer's when smaller."""
     config = getattr(loaded.model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()  # a vision-language model's limit is its language model's
     limits = [getattr(config, "max_position_embeddings", None), getattr(loaded.tokenizer, "model_max_length", None)]
     # Tokenizers without a limit report a huge sentinel (about 1e30).
     usable = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 10**7]

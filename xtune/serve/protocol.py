@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from xtune.hf.vision import IMAGE_PLACEHOLDER
+
 # OpenAI caps stop sequences at 4; more text-matching criteria slow every decoding step.
 MAX_STOP = 4
 
@@ -56,9 +58,15 @@ class ToolCall(_Body):
     function: FunctionCall
 
 
+class ImageURL(_Body):
+    url: str
+    detail: str | None = None
+
+
 class ContentPart(_Body):
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
 
 
 class Message(_Body):
@@ -194,34 +202,53 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
-def _text(content: str | list[ContentPart] | None, index: int) -> str:
+def _text(content: str | list[ContentPart] | None, index: int, images: list[tuple[str, str]] | None) -> str:
+    """The message's text; with ``images`` (the model reads them), each ``image_url`` part becomes an
+    ``<image>`` marker in its place and its ``(param, url)`` is appended to ``images``."""
     if content is None or isinstance(content, str):
         return content or ""
+    param = f"messages.{index}.content"
+    text, previous = "", None
     for part in content:
-        if part.type != "text" or part.text is None:
-            raise APIError(
-                400,
-                f"messages[{index}].content: this model reads text only, got a '{part.type}' part.",
-                param=f"messages.{index}.content",
-            )
-    return "\n".join(part.text for part in content)
+        if part.type == "text" and part.text is not None:
+            # text parts are lines; an image sits right against its neighbours, so [image, text] reads
+            # "<image>text": what `xtune chat --image` asks and how training data places unmarked images
+            text += ("\n" if previous == "text" else "") + part.text
+            previous = "text"
+        elif part.type == "image_url" and images is not None:
+            if part.image_url is None:
+                raise APIError(400, f"{param}: an image_url part needs image_url: {{url: ...}}.", param=param)
+            images.append((param, part.image_url.url))
+            text += IMAGE_PLACEHOLDER
+            previous = "image"
+        else:
+            reads = "text only" if images is None else "text and images"
+            message = f"messages[{index}].content: this model reads {reads}, got a '{part.type}' part."
+            raise APIError(400, message, param=param)
+    return text
 
 
-def template_messages(messages: list[Message]) -> list[dict]:
+def template_messages(messages: list[Message], images: list[tuple[str, str]] | None = None) -> list[dict]:
     """OpenAI messages as the chat template reads them (the conversation schema of training).
 
     ``developer`` is OpenAI's newer name for ``system``. Tool-call arguments, a JSON string in the API,
     become objects, as training data holds them.
 
+    Args:
+        messages: The request's messages.
+        images: For a vision-language model, a list that receives ``(param, url)`` of every image part,
+            in order; the part itself becomes an ``<image>`` marker. None: image parts are refused.
+
     Raises:
-        APIError: 400 for a message without its content or with arguments that are not a JSON object.
+        APIError: 400 for a message without its content, with a part the model cannot read, or with
+            arguments that are not a JSON object.
     """
     out = []
     for index, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
         if message.content is None and not (role == "assistant" and message.tool_calls):
             raise APIError(400, f"messages[{index}]: a {role} message needs content.", param=f"messages.{index}")
-        entry: dict[str, Any] = {"role": role, "content": _text(message.content, index)}
+        entry: dict[str, Any] = {"role": role, "content": _text(message.content, index, images)}
         if role == "assistant" and message.tool_calls:
             entry["tool_calls"] = [_call(call, index) for call in message.tool_calls]
         if role == "tool":

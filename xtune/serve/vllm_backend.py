@@ -39,6 +39,8 @@ def check_vllm_args(args: argparse.Namespace) -> None:
         )
     if args.bits:
         raise XtuneError("--bits applies to --backend hf; vLLM takes a pre-quantized model instead.")
+    if len(getattr(args, "allowed_local_media_path", None) or []) > 1:
+        raise XtuneError("--backend vllm takes one --allowed-local-media-path folder.")
 
 
 def vllm_command(args: argparse.Namespace, model_name: str, chat_template_file: str | None) -> list[str]:
@@ -55,6 +57,9 @@ def vllm_command(args: argparse.Namespace, model_name: str, chat_template_file: 
         command += ["--chat-template", chat_template_file]
     if args.trust_remote_code:
         command.append("--trust-remote-code")
+    if getattr(args, "allowed_local_media_path", None):
+        # vLLM reads local image files only under one folder it is given
+        command += ["--allowed-local-media-path", args.allowed_local_media_path[0]]
     return command
 
 

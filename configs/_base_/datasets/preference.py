@@ -9,6 +9,7 @@ batch_size = 1  # pairs per device
 dataloader_num_workers = 0
 evaluation_inputs = []
 evaluation_inputs_for = None
+evaluation_images = None
 pack_to_max_length = False  # pairs are padded side by side, never packed
 # validation loss is an sft/pt feature (ValidationHook refuses it for these stages)
 val_data_path = None

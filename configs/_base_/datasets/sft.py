@@ -9,6 +9,7 @@ dataloader_num_workers = 0
 evaluation_inputs = []  # prompts answered during training (EvaluateChatHook)
 objective = dict(type='sft')  # the training stage (xtune.stages): next-token loss on the trained tokens
 evaluation_inputs_for = None  # the data_path those prompts are for: other data skips them (None: always asked)
+evaluation_images = None  # vision runs: image file(s) the prompts are asked about (one for all, or one per prompt)
 # Fill {{name}} and {{author}} in the data (identity data: "I am {{name}}, made by {{author}}"). Left unset,
 # text that holds them is an error, so they are never trained literally.
 name = None

@@ -6,7 +6,35 @@ import os.path as osp
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from xtune.errors import ConfigError, XtuneError
 from xtune.registry import HOOKS
+
+
+def _prompt_images(images: str | list[str] | None, prompts: int) -> list:
+    """``(path, PIL image)`` for each prompt (None: no image), from ``evaluation_images``.
+
+    Raises:
+        ConfigError: A URL, an image that cannot be read, or neither one image nor one per prompt.
+    """
+    from xtune.chat.images import open_image
+
+    paths = [images] if isinstance(images, str) else list(images or [])
+    if not paths:
+        return [None] * prompts
+    if len(paths) not in (1, prompts):
+        raise ConfigError(
+            f"evaluation_images holds {len(paths)} images for {prompts} evaluation_inputs: give one image for "
+            "every prompt, or one per prompt."
+        )
+    opened = []
+    for path in paths:
+        if str(path).startswith(("http://", "https://")):
+            raise ConfigError(f"evaluation_images: {path} is a web URL; download the image and give its path.")
+        try:
+            opened.append((str(path), open_image(path)))
+        except XtuneError as exc:
+            raise ConfigError(f"evaluation_images: {exc}") from None
+    return opened * prompts if len(opened) == 1 else opened
 
 
 @HOOKS.register_module()
@@ -26,6 +54,10 @@ class EvaluateChatHook(Hook):
             are you?" for ``identity``); they are skipped when ``data_path`` names other data, so a
             config whose data is switched does not ask its old questions. ``None``: always asked.
         data_path: The config's ``data_path``.
+        evaluation_images: For a vision-language run (XTuner's LLaVA knob): image files asked about, one
+            for every prompt or one per prompt (a single path may be given as a string). A prompt without
+            ``<image>`` gets its image at its start, as ``xtune chat --image`` asks. Checked when the hook
+            is built; web URLs are refused (download the image and give its path).
     """
 
     priority = "LOW"
@@ -38,8 +70,10 @@ class EvaluateChatHook(Hook):
         system: str | None = None,
         inputs_for: str | None = None,
         data_path=None,
+        evaluation_images: str | list[str] | None = None,
     ) -> None:
         self.inputs = list(evaluation_inputs)
+        self.images = _prompt_images(evaluation_images, len(self.inputs))
         if self.inputs and inputs_for is not None and data_path != inputs_for:
             print_log(
                 f"evaluation prompts skipped: they were written for the '{inputs_for}' data and data_path is "
@@ -72,7 +106,11 @@ class EvaluateChatHook(Hook):
         sharded = any(hasattr(p, "ds_numel") for p in llm.parameters())
         if not self.inputs or (runner.rank != 0 and not sharded):
             return
-        tokenizer = runner.train_dataloader.dataset.tokenizer  # with the training chat template installed
+        dataset = runner.train_dataloader.dataset
+        tokenizer = dataset.tokenizer  # with the training chat template installed
+        processor = getattr(dataset, "processor", None)  # a vision dataset's: images are asked about
+        if any(self.images) and processor is None:
+            raise ConfigError("evaluation_images: this run's data and model read text only; remove them.")
         session = ChatSession(
             llm,
             tokenizer,
@@ -80,14 +118,16 @@ class EvaluateChatHook(Hook):
             system=self.system,
             settings=GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=0),
             generate_kwargs={"synced_gpus": sharded},
+            processor=processor,
         )
         was_training = llm.training
         llm.eval()
         records = []
-        for prompt in self.inputs:
+        for prompt, image in zip(self.inputs, self.images):
             session.reset()  # each prompt is a conversation of its own
-            answer = session.ask(prompt)
-            records.append({"iter": runner.iter + 1, "prompt": prompt, "answer": answer})
+            answer = session.ask(prompt, images=[image[1]] if image else None)
+            record = {"iter": runner.iter + 1, "prompt": prompt, "answer": answer}
+            records.append({**record, "image": image[0]} if image else record)
             print_log(f"[eval] {prompt!r} -> {answer!r}", logger="current")
         llm.train(was_training)
         if runner.rank != 0:
