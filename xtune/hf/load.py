@@ -62,13 +62,9 @@ def load_model(
     """
     if kind not in MODEL_CLASSES:
         raise ValueError(f"model kind must be one of {', '.join(MODEL_CLASSES)}, got {kind!r}")
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs = loading_kwargs(dtype, device, quantization, trust_remote_code)
     if attn_implementation != "auto":
         kwargs["attn_implementation"] = attn_implementation
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-    if device is not None and device != "cpu":
-        kwargs["device_map"] = {"": device}
     if kind == "sequence_classification":
         kwargs["num_labels"] = 1  # a scalar reward
     try:
@@ -80,6 +76,17 @@ def load_model(
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, fix=fix, error=error)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def loading_kwargs(dtype: str, device: str | int | None, quantization: Any, trust_remote_code: bool) -> dict:
+    """``from_pretrained`` keyword arguments for a dtype, a device (None/``cpu``: loaded on the CPU) and an
+    optional quantisation config; shared by causal LMs and vision-language models."""
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if device is not None and device != "cpu":
+        kwargs["device_map"] = {"": device}
+    return kwargs
 
 
 def recorded_dtype(path: str | Path) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from xtune.errors import ConfigError, XtuneError, model_load_problem
 from xtune.hf.dtypes import torch_dtype
-from xtune.hf.load import TRAINING_FIX, load_model, load_tokenizer
+from xtune.hf.load import TRAINING_FIX, load_model, load_tokenizer, loading_kwargs
 
 IMAGE_PLACEHOLDER = "<image>"
 """How data files mark an image in a message (LLaVA's JSON and LLaMA-Factory's ``mllm`` data)."""
@@ -126,11 +126,7 @@ def load_vision_model(
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-    if device is not None and device != "cpu":
-        kwargs["device_map"] = {"": device}
+    kwargs = loading_kwargs(dtype, device, quantization, trust_remote_code)
     try:
         if attn_implementation != "auto":
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
