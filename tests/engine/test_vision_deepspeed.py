@@ -56,3 +56,15 @@ def test_zero2_on_two_ranks_equals_one_process(tmp_path):
     moved = max(float((ours[key].float() - before[key].float()).abs().max()) for key in ours if key in before)
     assert moved > 1e-3  # training moved the weights: the comparison means something
     assert torch.isfinite(torch.stack([value.float().abs().max() for value in ours.values()])).all()
+    # the finetune stage's projector= reads a ZeRO run too: its work dir names the newest ZeRO folder
+    from xtune.model import SupervisedFinetune
+
+    loaded = SupervisedFinetune(
+        str(MODEL_DIR / "tiny_llama"),
+        finetune_type="full",
+        vision_tower=str(MODEL_DIR / "tiny_clip"),
+        projector=str(ranks),
+        dtype="fp32",
+    )
+    for name, param in loaded.llm.model.multi_modal_projector.named_parameters():
+        assert torch.equal(param.detach(), ours[f"model.multi_modal_projector.{name}"].float()), name
