@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from xtune.hf.vision import VisionProcessor
+from xtune.hf.vision import VisionProcessor, llava_processor
 
 # Processor files of a VLM folder that only the family's own processor class writes (Qwen's needs
 # torchvision): carried over from the base model as they are.
@@ -41,26 +41,6 @@ def save_processor_files(
     if config.model_type == "llava":
         llava_processor(processor, config).save_pretrained(str(folder))
     processor.save_pretrained(folder)  # the tokenizer as trained, and preprocessor_config.json
-
-
-def llava_processor(processor: VisionProcessor, config):
-    """transformers' ``LlavaProcessor`` over ``processor``'s parts, set up for the model ``config``.
-
-    A CLIP tower has a class token that LLaVA-1.5 drops (``default``); SigLIP has none (``full``).
-    """
-    from transformers import LlavaProcessor
-
-    vision = config.vision_config
-    class_token = 1 if vision.model_type.startswith("clip") else 0
-    return LlavaProcessor(
-        image_processor=processor.image_processor,
-        tokenizer=processor.tokenizer,
-        patch_size=vision.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=class_token,
-        image_token=processor.image_token,
-        chat_template=processor.tokenizer.chat_template,
-    )
 
 
 def verification_inputs(processor: VisionProcessor, text_ids: torch.Tensor, seed: int = 0) -> dict:

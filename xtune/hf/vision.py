@@ -376,6 +376,26 @@ def _processor_chat_template(folder: Path) -> str | None:
     return json.loads(file.read_text(encoding="utf-8")).get("chat_template")
 
 
+def llava_processor(processor: VisionProcessor, config):
+    """transformers' ``LlavaProcessor`` over ``processor``'s parts, set up for the model ``config``.
+
+    A CLIP tower has a class token that LLaVA-1.5 drops (``default``); SigLIP has none (``full``).
+    """
+    from transformers import LlavaProcessor
+
+    vision = config.vision_config
+    class_token = 1 if vision.model_type.startswith("clip") else 0
+    return LlavaProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=class_token,
+        image_token=processor.image_token,
+        chat_template=processor.tokenizer.chat_template,
+    )
+
+
 def expand_image_markers(messages: list[dict], counts: list[int], processor: VisionProcessor) -> list[dict]:
     """``messages`` with the i-th ``<image>`` marker replaced by the text of image i (its image token once per
     feature, inside the family's markers), so a chat template renders exactly what the model reads.

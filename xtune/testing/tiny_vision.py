@@ -99,98 +99,62 @@ def make_tiny_vlm(arch: str, path: str | Path, *, seed: int = 0) -> Path:
 
 
 def _tiny_llava():
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
-    from xtune.hf.vision import IMAGE_PLACEHOLDER, llava_config
+    from xtune.hf.vision import IMAGE_PLACEHOLDER, VisionProcessor, llava_config, llava_processor
 
     tokenizer = _tokenizer([IMAGE_PLACEHOLDER])
     config = llava_config(tiny_config("llama"), CLIPVisionConfig(**_CLIP), tokenizer.convert_tokens_to_ids("<image>"))
-    processor = LlavaProcessor(
-        image_processor=_clip_image_processor(),
-        tokenizer=tokenizer,
-        patch_size=_CLIP["patch_size"],
-        vision_feature_select_strategy="default",
-        chat_template=tokenizer.chat_template,
-        num_additional_image_tokens=1,
+    parts = VisionProcessor(tokenizer, _clip_image_processor(), "llava", IMAGE_PLACEHOLDER)
+    return LlavaForConditionalGeneration(config), llava_processor(parts, config)
+
+
+def _tiny_qwen_vl(family: str, text_arch: str, rope: dict, vision: dict, patch: int):
+    """A tiny Qwen-VL model of ``family`` over a tiny ``text_arch`` language model; ``patch``-pixel patches
+    merged 2 x 2, at most 4 x 4 merged patches per image."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from xtune.hf.vision import VisionProcessor
+
+    tokenizer = _tokenizer(_QWEN_TOKENS)
+    ids = dict(zip(_QWEN_TOKENS, tokenizer.convert_tokens_to_ids(_QWEN_TOKENS)))
+    text = tiny_config(text_arch).to_dict()
+    # head_dim 16: the three multimodal RoPE sections (time, height, width) cover its 8 frequencies
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], **rope}
+    config = AutoConfig.for_model(
+        family,
+        text_config=text,
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": text["hidden_size"],
+            "patch_size": patch,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            **vision,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
-    return LlavaForConditionalGeneration(config), processor
+    merged = 2 * patch
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=2, min_pixels=merged * merged, max_pixels=4 * 4 * merged * merged
+    )
+    # transformers' Qwen-VL processors need torchvision (for videos): the two parts are saved on their own
+    processor = VisionProcessor(tokenizer, image_processor, family, "<|image_pad|>")
+    return AutoModelForImageTextToText.from_config(config), processor
 
 
 def _tiny_qwen2_5_vl():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from xtune.hf.vision import VisionProcessor
-
-    tokenizer = _tokenizer(_QWEN_TOKENS)
-    ids = dict(zip(_QWEN_TOKENS, tokenizer.convert_tokens_to_ids(_QWEN_TOKENS)))
-    text = tiny_config("qwen2").to_dict()
-    # head_dim 16: the three multimodal RoPE sections (time, height, width) cover its 8 frequencies
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": text["hidden_size"],
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    # 28-pixel patches after merging; at most 4 x 4 of them (64 image tokens) per image
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=4 * 4 * 28 * 28)
-    # transformers' Qwen2_5_VLProcessor needs torchvision (for videos): the two parts are saved on their own
-    processor = VisionProcessor(tokenizer, image_processor, "qwen2_5_vl", "<|image_pad|>")
-    return Qwen2_5_VLForConditionalGeneration(config), processor
+    return _tiny_qwen_vl("qwen2_5_vl", "qwen2", {}, {"window_size": 56, "fullatt_block_indexes": [1]}, patch=14)
 
 
 def _tiny_qwen3_vl():
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from xtune.hf.vision import VisionProcessor
-
-    tokenizer = _tokenizer(_QWEN_TOKENS)
-    ids = dict(zip(_QWEN_TOKENS, tokenizer.convert_tokens_to_ids(_QWEN_TOKENS)))
-    text = tiny_config("qwen3").to_dict()
-    # interleaved multimodal RoPE over head_dim 16's 8 frequencies (time, height, width)
-    text["rope_parameters"] = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [2, 3, 3],
-        "mrope_interleaved": True,
-    }
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": text["hidden_size"],
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 64,  # an 8 x 8 grid of learned positions, interpolated per image
-            "deepstack_visual_indexes": [0],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    # 32-pixel patches after merging; at most 4 x 4 of them per image
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, min_pixels=32 * 32, max_pixels=4 * 4 * 32 * 32
-    )
-    processor = VisionProcessor(tokenizer, image_processor, "qwen3_vl", "<|image_pad|>")
-    return Qwen3VLForConditionalGeneration(config), processor
+    # interleaved multimodal RoPE; an 8 x 8 grid of learned vision positions, interpolated per image
+    vision = {"num_position_embeddings": 64, "deepstack_visual_indexes": [0]}
+    return _tiny_qwen_vl("qwen3_vl", "qwen3", {"mrope_interleaved": True}, vision, patch=16)
