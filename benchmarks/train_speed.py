@@ -58,14 +58,18 @@ SHAPE_DEFAULTS = {
     "tiny": {"device": "cpu"},
 }
 GENERAL_DEFAULTS = {"device": "cuda", "seq_lens": "2048", "tokens_per_step": 8192, "batch": 4, "steps": 20, "warmup": 3}
-# --switches: xtune once with its defaults and once with each speed switch flipped (name, case settings)
+# --switches: xtune once with its defaults and once with each speed switch flipped (name, case settings,
+# devices). Attention's default differs by device (`auto`: xtune_varlen on a CPU, sdpa on CUDA), so its
+# flipped cases do too.
 SWITCHES = [
-    ("-no_chunk", {"loss_chunk_size": 0}),  # full logits instead of the chunked loss
-    ("-unfused", {"switch_options": {"optim_wrapper.optimizer.fused": False}}),  # for-each AdamW
-    ("-compiled", {"switch_options": {"compile_layers": True}}),  # torch.compile of each decoder layer
-    ("-dense_mask", {"attn": "sdpa"}),  # packed rows through sdpa's dense block-diagonal mask
-    ("-ckpt_auto", {"checkpointing": "auto"}),  # checkpointing decided by the memory estimate
-    ("-loader_worker", {"switch_options": {"dataloader_num_workers": 1}}),  # batches collated in a worker process
+    ("-no_chunk", {"loss_chunk_size": 0}, ("cpu", "cuda")),  # full logits instead of the chunked loss
+    ("-unfused", {"switch_options": {"optim_wrapper.optimizer.fused": False}}, ("cpu", "cuda")),  # for-each AdamW
+    ("-compiled", {"switch_options": {"compile_layers": True}}, ("cpu", "cuda")),  # torch.compile of each layer
+    ("-dense_mask", {"attn": "sdpa"}, ("cpu",)),  # packed rows through sdpa's dense block-diagonal mask
+    ("-varlen", {"attn": "xtune_varlen"}, ("cuda",)),  # attention per sample: torch's varlen_attn
+    ("-flex", {"attn": "flex_attention"}, ("cuda",)),  # FlexAttention's block-sparse mask from the positions
+    ("-ckpt_auto", {"checkpointing": "auto"}, ("cpu", "cuda")),  # checkpointing decided by the memory estimate
+    ("-loader_worker", {"switch_options": {"dataloader_num_workers": 1}}, ("cpu", "cuda")),  # collated in a worker
 ]
 MODES = ("lora", "qlora", "full")
 IMPLS = ("xtune", "hf_padded", "hf_full_rows")
@@ -459,16 +463,18 @@ def rotated(cases: list, round_: int) -> list:
 
 
 def variants_of(args: argparse.Namespace, impls: list[str]) -> list[tuple[str, dict]]:
-    """The cases of one mode and length: xtune (its switch variants), then the baselines."""
+    """The cases of one mode and length: xtune, the baselines, then xtune's variants (in this order, so a
+    run stopped at a time limit has the main comparison first)."""
     variants = [("xtune", {})] if "xtune" in impls else []
+    variants += [(impl, {}) for impl in impls if impl != "xtune"]
     if args.compare_loss and "xtune" in impls:
         # every speed switch off: full logits, sdpa, no extra options
         variants.append(("xtune", {"loss_chunk_size": 0, "attn": "sdpa", "xtune_options": {}, "variant": "-plain"}))
     if args.switches and "xtune" in impls:
         chosen = None if args.switches == "all" else set(args.switches.split(","))
-        variants += [("xtune", {**settings, "variant": name}) for name, settings in SWITCHES
-                     if chosen is None or name in chosen]  # fmt: skip
-    return variants + [(impl, {}) for impl in impls if impl != "xtune"]
+        variants += [("xtune", {**settings, "variant": name}) for name, settings, devices in SWITCHES
+                     if args.device in devices and (chosen is None or name in chosen)]  # fmt: skip
+    return variants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -514,10 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     xtune_options = parse_cfg_options(args.xtune_options)
     modes, impls = args.modes.split(","), args.impls.split(",")
     bad = [m for m in modes if m not in MODES] + [i for i in impls if i not in IMPLS]
-    bad += [n for n in (args.switches or "all").split(",") if n != "all" and n not in dict(SWITCHES)]
+    switches = {name: devices for name, _, devices in SWITCHES}
+    bad += [n for n in (args.switches or "all").split(",") if n != "all" and args.device not in switches.get(n, ())]
     if bad:
+        here = [name for name, devices in switches.items() if args.device in devices]
         parser.error(
-            f"unknown modes/impls/switches {bad}: modes are {MODES}, impls {IMPLS}, switches {[n for n, _ in SWITCHES]}"
+            f"unknown modes/impls/switches {bad}: modes are {MODES}, impls {IMPLS}, switches on {args.device} {here}"
         )
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -553,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"shape": args.shape, "mode": case["mode"], "seq": case["seq"], "impl": case["impl"],
                          "round": round_, "variant": case.get("variant", ""), "load_before": load_before,
                          "load_after": os.getloadavg()[0], **result})  # fmt: skip
+            if args.out:  # after every case, so a run stopped at a time limit keeps what it measured
+                Path(args.out).write_text(json.dumps({"partial": True, "rows": rows}, indent=2))
             speed = result.get("tokens_per_sec", result.get("error"))
             print(f"[{round_}] {_name(rows[-1])} {case['mode']} {case['seq']}: {speed} (load {_load(rows[-1])})",
                   flush=True)  # fmt: skip

@@ -96,24 +96,32 @@ def test_the_cpu_shape_records_every_speed_switch_on_and_off(tmp_path):
     assert bench.SHAPES["cpu"] == {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
                                    "num_key_value_heads": 4, "intermediate_size": 1408, "vocab_size": 3008}  # fmt: skip
     assert bench.SHAPE_DEFAULTS["cpu"]["seq_lens"] == "512" and bench.SHAPE_DEFAULTS["cpu"]["tokens_per_step"] == 4096
-    args = argparse.Namespace(compare_loss=False, switches="all")
+    args = argparse.Namespace(compare_loss=False, switches="all", device="cpu")
     variants = bench.variants_of(args, list(bench.IMPLS))
+    # the main comparison first (a run cut short keeps it), then every switch flipped
     assert [impl + extra.get("variant", "") for impl, extra in variants] == [
-        "xtune", "xtune-no_chunk", "xtune-unfused", "xtune-compiled", "xtune-dense_mask", "xtune-ckpt_auto",
-        "xtune-loader_worker", "hf_padded", "hf_full_rows",
+        "xtune", "hf_padded", "hf_full_rows", "xtune-no_chunk", "xtune-unfused", "xtune-compiled",
+        "xtune-dense_mask", "xtune-ckpt_auto", "xtune-loader_worker",
+    ]  # fmt: skip
+    # on CUDA attention's default is sdpa: its flipped cases are attention per sample and FlexAttention
+    cuda = bench.variants_of(argparse.Namespace(compare_loss=False, switches="all", device="cuda"), ["xtune"])
+    assert [extra.get("variant", "") for _, extra in cuda] == [
+        "", "-no_chunk", "-unfused", "-compiled", "-varlen", "-flex", "-ckpt_auto", "-loader_worker",
     ]  # fmt: skip
     flipped = {
         "-no_chunk": "loss_chunk_size=0",
         "-unfused": "optim_wrapper.optimizer.fused=False",
         "-compiled": "compile_layers=True",
         "-dense_mask": "model.attn_implementation='sdpa'",
+        "-varlen": "model.attn_implementation='xtune_varlen'",
+        "-flex": "model.attn_implementation='flex_attention'",
         "-ckpt_auto": "gradient_checkpointing='auto'",
         "-loader_worker": "dataloader_num_workers=1",
     }
     base = {"model": "m", "data": "d", "dtype": "fp32", "seq": 512, "rows_per_step": 8, "checkpointing": True,
             "warmup": 1, "steps": 1, "mode": "lora"}  # fmt: skip
     defaults = bench.xtune_train_argv(base, tmp_path)
-    for _impl, extra in variants[1:7]:
+    for _impl, extra in variants[3:] + cuda[1:]:
         argv = bench.xtune_train_argv({**base, **extra}, tmp_path)
         assert flipped[extra["variant"]] in argv and flipped[extra["variant"]] not in defaults
 
@@ -142,3 +150,42 @@ def test_rounds_rotate_and_ratios_are_taken_within_each_round():
     assert summary["xtune-ckpt_auto"]["rounds"] == 2 and summary["xtune-ckpt_auto"]["errors"] == 1
     assert summary["xtune-ckpt_auto"]["vs_padded"] == 0.05  # its one good round, against that round's baseline
     assert "1.50x [1.50-1.65]" in bench.summary_table(list(summary.values()))
+
+
+def test_switch_parity_passes_where_the_numbers_agree_and_catches_where_they_do_not(tmp_path):
+    parity = _load_script("switch_parity")
+    out = tmp_path / "parity.json"
+    assert parity.main(["--device", "cpu", "--switches", "chunked_loss,flex_attention", "--out", str(out)]) == 0
+    rows = {row["switch"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["chunked_loss"]["ran"] and rows["chunked_loss"]["ok"]
+    assert rows["chunked_loss"]["vector_error"] < 1e-5 and rows["chunked_loss"]["loss"] > 0
+    assert not rows["flex_attention"]["ran"] and "cuda" in rows["flex_attention"]["why"]  # no CPU backward
+    # the verdicts: fp32 is rounding or nothing; low precision may be as far from fp32 as the plain path is
+    import torch
+
+    plain = (2.0, torch.linspace(-1, 1, 100))
+    assert parity.judge("fp32", (2.0, plain[1] * (1 + 1e-6)), plain, None)["ok"]
+    assert not parity.judge("fp32", (2.0, plain[1] * (1 + 1e-3)), plain, None)["ok"]
+    assert not parity.judge("fp32", (2.001, plain[1]), plain, None)["ok"]
+    exact = (2.0, plain[1] * (1 + 1e-2))  # the plain path in fp32, 1% from the low-precision plain run
+    assert parity.judge("bf16", (2.0, plain[1] * (1 - 1e-2)), plain, exact)["ok"]
+    assert not parity.judge("bf16", (2.0, plain[1] * (1 - 5e-2)), plain, exact)["ok"]
+
+
+def test_the_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path):
+    """The prepared device call (benchmarks/gpu_session.sh) in its CPU form: both steps run and write their results."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XTUNE_GPU_SESSION_SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "PYTHONPATH": str(BENCHMARKS.parent)}  # fmt: skip
+    script = str(BENCHMARKS / "gpu_session.sh")
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    parity = json.loads((tmp_path / "out" / "parity.json").read_text())
+    assert [(row["switch"], row["ok"]) for row in parity["rows"]] == [("varlen", True)]
+    speed = json.loads((tmp_path / "out" / "speed.json").read_text())
+    assert [row["impl"] + row["variant"] for row in speed["rows"]] == ["xtune"]
+    assert speed["rows"][0]["tokens_per_sec"] > 0
+    assert "median tok/s" in done.stdout  # the table is printed last, for the device tool's output tail
