@@ -189,3 +189,14 @@ def test_the_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path):
     assert [row["impl"] + row["variant"] for row in speed["rows"]] == ["xtune"]
     assert speed["rows"][0]["tokens_per_sec"] > 0
     assert "median tok/s" in done.stdout  # the table is printed last, for the device tool's output tail
+
+
+def test_loss_memory_measures_both_loss_paths_on_the_same_numbers(tmp_path):
+    bench = _load_script("loss_memory")
+    out = tmp_path / "loss.json"
+    argv = ["--tokens", "64", "--hidden", "16", "--vocab", "500", "--chunks", "0,8", "--out", str(out)]
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["chunk"] for row in rows] == [0, 8]
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+    assert all(row["seconds"] > 0 and row["peak_mib"] >= 0 for row in rows)
