@@ -98,7 +98,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             loss_sum += (log_norm - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
             if not (want_hidden or want_weight):
                 continue
-            grad_logits = torch.exp(logits - log_norm.unsqueeze(1))  # softmax, reusing the buffer's size
+            # softmax in the logits' own buffer (no longer needed): one chunk-sized fp32 buffer at a time,
+            # the same element-wise operations as out of place, so the same numbers
+            grad_logits = logits.sub_(log_norm.unsqueeze(1)).exp_()
             grad_logits[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
             if softcap:
                 grad_logits *= 1.0 - capped * capped
