@@ -120,3 +120,31 @@ def test_qwen_gets_the_token_types_its_3d_positions_need(vision_models, arch):
         assert torch.equal(types.bool(), first["input_ids"] == loaded.processor.image_token_id)
     else:
         assert first.get("mm_token_type_ids") is None  # LLaVA's positions are the text's
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+def test_bits_keeps_the_vision_tower_and_projector_unquantized(vision_models, monkeypatch, arch):
+    """``--bits`` quantizes the language model only, as qlora training does (bitsandbytes itself needs a GPU, so
+    the quantization config is captured on its way to transformers)."""
+    from transformers import BitsAndBytesConfig
+
+    import xtune.hf.quantization
+    import xtune.hf.vision
+    from xtune.chat.loading import load_model_for_chat
+    from xtune.hf.vision import VISION_FAMILIES
+
+    monkeypatch.setattr(
+        xtune.hf.quantization, "bnb_config", lambda bits, dtype, **_: BitsAndBytesConfig(load_in_4bit=True)
+    )
+    seen = {}
+    real = xtune.hf.vision.load_vision_model
+
+    def load_without_bitsandbytes(path, quantization=None, **kwargs):
+        seen["quantization"] = quantization
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(xtune.hf.vision, "load_vision_model", load_without_bitsandbytes)
+    chat = load_model_for_chat(str(vision_models[arch]), bits=4)
+    family = VISION_FAMILIES[arch]
+    assert seen["quantization"].llm_int8_skip_modules == [family.vision, family.projector, "lm_head"]
+    assert chat.processor is not None

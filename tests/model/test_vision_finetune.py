@@ -410,8 +410,7 @@ def test_qlora_keeps_vision_parts_unquantized_and_needs_a_gpu(llava, qwen):
     from transformers import BitsAndBytesConfig
 
     from xtune.errors import XtuneError
-    from xtune.hf.vision import VISION_FAMILIES
-    from xtune.model.vision import quantization_skips
+    from xtune.hf.vision import VISION_FAMILIES, quantization_skips
 
     config = BitsAndBytesConfig(load_in_4bit=True)
     quantization_skips(config, VISION_FAMILIES["qwen2_5_vl"])

@@ -64,7 +64,7 @@ def load_model_for_chat(
     from xtune.convert.hf_files import has_tokenizer
     from xtune.hf.load import load_model, load_tokenizer
     from xtune.hf.quantization import bnb_config
-    from xtune.hf.vision import is_vision_language, load_processor, load_vision_model
+    from xtune.hf.vision import is_vision_language, load_processor, load_vision_model, quantization_skips
 
     if adapter:
         read_adapter_config(adapter)  # fail on a bad adapter before loading the model
@@ -81,8 +81,10 @@ def load_model_for_chat(
     tokenizer_source = adapter if adapter and has_tokenizer(adapter) else model_path
     processor = None
     if is_vision_language(model_path, trust_remote_code):
-        model = load_vision_model(model_path, dtype=dtype, device=device, quantization=quantization, what="", **loading)
         processor = load_processor(model_path, **loading)
+        if quantization is not None:  # vision tower, projector and output layer stay unquantized, as in training
+            quantization_skips(quantization, processor.family)
+        model = load_vision_model(model_path, dtype=dtype, device=device, quantization=quantization, what="", **loading)
         if tokenizer_source != model_path:  # the training tokenizer and template, saved beside the adapter
             processor.tokenizer = load_tokenizer(tokenizer_source, **loading)
         tokenizer = processor.tokenizer

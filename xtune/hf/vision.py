@@ -427,3 +427,10 @@ def expand_image_markers(messages: list[dict], counts: list[int], processor: Vis
         text = pieces[0] + "".join(processor.image_text(next(remaining)) + piece for piece in pieces[1:])
         expanded.append({**message, "content": text} if len(pieces) > 1 else message)
     return expanded
+
+
+def quantization_skips(config, family: VisionFamily) -> None:
+    """Keep the vision tower, the projector and the output layer of a ``BitsAndBytesConfig`` ``config`` out of
+    quantisation (training gives them full weights or adapters in the weights' dtype; they are small), for
+    training and for ``--bits`` in chat and serve alike."""
+    config.llm_int8_skip_modules = [family.vision, family.projector, "lm_head"]

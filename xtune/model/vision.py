@@ -30,7 +30,7 @@ import torch
 
 from xtune.checkpoint.files import POINTER_NAME, last_checkpoint, read_pointer
 from xtune.errors import CheckpointError, ConfigError
-from xtune.hf.vision import VisionFamily, submodule, vision_family
+from xtune.hf.vision import VisionFamily, quantization_skips, submodule, vision_family
 
 ADAPTER_TYPES = ("lora", "dora", "qlora")
 
@@ -92,12 +92,6 @@ def _under(name: str, path: str) -> bool:
 def vision_family_of(model) -> VisionFamily:
     """The family of a loaded VLM (its ``model_type``)."""
     return vision_family(model.config.model_type)
-
-
-def quantization_skips(config, family: VisionFamily) -> None:
-    """Keep the vision tower, the projector and the output layer out of 4-bit quantisation (they train in
-    full or carry adapters in the weights' dtype, and are small)."""
-    config.llm_int8_skip_modules = [family.vision, family.projector, "lm_head"]
 
 
 # ----------------------------------------------------------------------------------------- attention
