@@ -62,3 +62,42 @@ def test_validation_loss_equals_a_plain_token_average(tmp_path):
             )
             total, tokens = total + float(loss), tokens + count_trained_tokens(batch["labels"])
     assert logged == pytest.approx(total / tokens, rel=1e-4)
+
+
+def test_every_rank_takes_rank_0s_loss_so_they_agree_on_saving_the_best(monkeypatch, tmp_path):
+    """Ranks whose own losses round differently still decide alike: the hook uses the broadcast loss."""
+    from types import SimpleNamespace
+
+    from xtune.engine.hooks.validation import ValidationHook
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, labels, loss_scale, mode, **_):
+            return {"loss": self.weight * 2.0 * labels.numel()}  # 2.0 a token on this rank
+
+    broadcasts = []
+
+    def broadcast(tensor, src):
+        broadcasts.append(src)
+        tensor.fill_(0.5)  # rank 0 saw 0.5 a token
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "broadcast", broadcast)
+    saved = []
+    runner = SimpleNamespace(
+        model=Model(), rank=1, work_dir=str(tmp_path),
+        message_hub=SimpleNamespace(update_scalar=lambda *a: None),
+        visualizer=SimpleNamespace(add_scalars=lambda *a, **k: None),
+        logger=SimpleNamespace(info=lambda *a: None),
+        save_checkpoint=lambda *a, **k: saved.append(k["meta"]),
+    )  # fmt: skip
+    hook = ValidationHook(val_size=0.1, save_best=True)
+    hook.best = 1.0  # this rank's own 2.0 would not be a new best; rank 0's 0.5 is
+    hook.loader = [{"labels": torch.ones(1, 4, dtype=torch.long), "num_tokens": torch.tensor([4])}]
+    hook._validate(runner, step=3)
+    assert broadcasts == [0] and hook.history["loss"] == [0.5]
+    assert saved == [{"val_loss": 0.5, "val_iter": 3}]

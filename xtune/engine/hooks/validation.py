@@ -109,7 +109,7 @@ class ValidationHook(Hook):
             loss_sum += float(out["loss"])
             tokens += count_trained_tokens(batch["labels"])
         model.train(was_training)
-        loss = loss_sum / max(tokens, 1)
+        loss = _agreed(loss_sum / max(tokens, 1), device)
         self.history["iter"].append(step)
         self.history["loss"].append(loss)
         runner.message_hub.update_scalar("val/loss", loss)
@@ -128,3 +128,15 @@ class ValidationHook(Hook):
                 meta={"val_loss": loss, "val_iter": step},
             )
             runner.logger.info(f"best validation loss so far: saved {osp.join(runner.work_dir, 'best_checkpoint.pth')}")
+
+
+def _agreed(loss: float, device: torch.device) -> float:
+    """Rank 0's ``loss`` on every rank. Each rank validates the same rows with the same weights, but GPU
+    reductions need not round alike everywhere; saving the best weights is a collective under ZeRO, so a
+    rank that alone saw a new best would wait for the others forever."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return loss
+    value = torch.tensor([loss], dtype=torch.float64, device=device)
+    dist.broadcast(value, src=0)
+    return float(value)
