@@ -200,3 +200,14 @@ def test_loss_memory_measures_both_loss_paths_on_the_same_numbers(tmp_path):
     assert [row["chunk"] for row in rows] == [0, 8]
     assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
     assert all(row["seconds"] > 0 and row["peak_mib"] >= 0 for row in rows)
+
+
+def test_host_syncs_counts_the_reads_of_each_training_step(capsys):
+    syncs = _load_script("host_syncs")
+    assert syncs.main(["tiny_llama_lora_identity_e3", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("reads back to the host per training step") :].splitlines()[1:]
+    rates = {line.split(None, 2)[2]: float(line.split()[0]) for line in table if line.strip()}
+    # the loss curve's float(loss) runs once a step; the sampler's permutation once per epoch
+    assert rates['info.py:65 self.losses.append(float(outputs["loss"].detach()))'] == 1.0
+    assert any("sampler.py" in where and rate == 0.5 for where, rate in rates.items())
