@@ -101,6 +101,55 @@ def first_row(spec: DatasetSpec) -> dict[str, Any]:
     return row
 
 
+class ParsedRows:
+    """Each dataset's raw rows parsed once while a dataset is built, for every step that reads them.
+
+    The key of image-text data reads each row's image paths, and processing on a cache miss reads the rows
+    again: both get the one :func:`load_rows` result from :meth:`get`. JSON rows are streamed to Arrow parts
+    (memory-mapped, so memory stays flat) in a folder made under ``work_dir`` on the first :meth:`get`;
+    :meth:`release` removes one dataset's parts, :meth:`close` (or leaving the ``with`` block) all of them.
+
+    Args:
+        work_dir: Where the folder is made (None: the system's temporary folder).
+        suffix: The end of the folder's name (a build folder's suffix, so a killed run's folder is found).
+    """
+
+    def __init__(self, work_dir: Path | None = None, suffix: str = "") -> None:
+        self.work_dir, self.suffix = work_dir, suffix
+        self._folder: Path | None = None
+        self._rows: dict[str, tuple[datasets.Dataset, Path]] = {}
+
+    def get(self, spec: DatasetSpec) -> datasets.Dataset:
+        """The raw rows of ``spec`` (:func:`load_rows`), parsed on the first call only."""
+        key = repr(spec)
+        if key not in self._rows:
+            if self._folder is None:
+                if self.work_dir is not None:
+                    self.work_dir.mkdir(parents=True, exist_ok=True)
+                self._folder = Path(tempfile.mkdtemp(prefix="raw-rows-", suffix=self.suffix, dir=self.work_dir))
+            folder = Path(tempfile.mkdtemp(dir=self._folder))
+            self._rows[key] = (load_rows(spec, work_dir=folder), folder)
+        return self._rows[key][0]
+
+    def release(self, spec: DatasetSpec) -> None:
+        """Remove the parsed rows of ``spec`` (a later :meth:`get` parses again)."""
+        found = self._rows.pop(repr(spec), None)
+        if found is not None:
+            shutil.rmtree(found[1], ignore_errors=True)
+
+    def close(self) -> None:
+        self._rows.clear()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> ParsedRows:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def _local_files(spec: DatasetSpec) -> list[Path]:
     """The data files of a local ``spec``, checked to exist and to suit its format."""
     path = Path(spec.path)

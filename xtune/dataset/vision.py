@@ -43,7 +43,7 @@ from pathlib import Path
 from xtune import paths
 from xtune.dataset.dataset_info import DatasetSpec, check_stage, load_dataset_info
 from xtune.dataset.images import DROPPED_IMAGE, IMAGE_COLUMNS, ImageRows, collapse_image_tokens, guess_format, open_rgb
-from xtune.dataset.loading import first_row
+from xtune.dataset.loading import ParsedRows, first_row
 from xtune.dataset.sft import SFTDataset
 from xtune.dataset.templates import set_chat_template
 from xtune.errors import ConfigError
@@ -177,9 +177,9 @@ class VisionSFTDataset(SFTDataset):
     def _process_kwargs(self, spec: DatasetSpec) -> dict:
         return {**super()._process_kwargs(spec), "media": self.media(spec)}
 
-    def _cache_key(self, spec: DatasetSpec) -> str:
-        text = super()._cache_key(spec)
-        return hashlib.sha256(f"{text}:{self.media(spec).identity(spec)}".encode()).hexdigest()[:24]
+    def _cache_key(self, spec: DatasetSpec, raw: ParsedRows) -> str:
+        text = super()._cache_key(spec, raw)
+        return hashlib.sha256(f"{text}:{self.media(spec).identity(raw.get(spec))}".encode()).hexdigest()[:24]
 
     # ----------------------------------------------------------------------------- access
     def _samples(self, index: int) -> list[int]:
