@@ -19,9 +19,8 @@ from typing import Any
 
 import datasets
 
-from xtune.dataset.dataset_info import DatasetSpec
 from xtune.dataset.encode import IGNORE_INDEX, EncodeOptions, fit_length
-from xtune.dataset.loading import iter_rows, load_rows
+from xtune.dataset.loading import iter_rows
 from xtune.errors import DataError
 from xtune.hf.vision import IMAGE_PLACEHOLDER, VisionProcessor, expand_image_markers
 
@@ -210,10 +209,14 @@ class ImageRows:
         return {"images": [], "image_tokens": []}
 
     # ----------------------------------------------------------------------------- cache
-    def identity(self, spec: DatasetSpec) -> str:
+    def identity(self, raw: datasets.Dataset) -> str:
         """A digest of what decides the images' part of the processed rows: the image processor's settings,
         the image token, where paths resolve and each referenced file's path, size and mtime (not its
-        content: image folders are large)."""
+        content: image folders are large).
+
+        Args:
+            raw: The dataset's raw rows (:func:`xtune.dataset.loading.load_rows`).
+        """
         digest = hashlib.sha256()
         settings = {
             "image_processor": self.processor.image_processor.to_json_string(),
@@ -225,7 +228,6 @@ class ImageRows:
             "column": self.column,
         }
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-        raw = load_rows(spec)
         wanted = [c for c in ((self.column,) if self.column else IMAGE_COLUMNS) if c in raw.column_names]
         if not wanted:
             return digest.hexdigest()

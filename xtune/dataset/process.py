@@ -17,11 +17,12 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import datasets
-from mmengine.dist import barrier, get_rank
+from mmengine.dist import barrier, broadcast_object_list, get_rank, get_world_size
 
 from xtune import __version__
 from xtune.dataset.cache import load_cached, remove_stale_builds, work_suffix
@@ -29,7 +30,7 @@ from xtune.dataset.dataset_info import DatasetSpec
 from xtune.dataset.encode import EncodeOptions, encode_conversations, encode_texts
 from xtune.dataset.formats import convert_row, fill_placeholders
 from xtune.dataset.loading import load_rows
-from xtune.errors import ConfigError, DataError
+from xtune.errors import ConfigError, DataError, XtuneError
 
 BAD_ROW = "dropped: bad row"
 # The placeholders of LLaMA-Factory's and xtune's identity data; every config has these two knobs.
@@ -100,10 +101,37 @@ def cache_key(spec: DatasetSpec, tokenizer, options: EncodeOptions, placeholders
     return digest.hexdigest()[:24]
 
 
-def build_or_load(spec: DatasetSpec, key: str, cache_root: Path | None, fn_kwargs: dict, num_proc: int):
-    """The processed rows of ``spec``: from the cache under ``cache_root/key``, or built (and cached)."""
+Rows = Callable[[DatasetSpec], datasets.Dataset]
+"""Gives a dataset's raw rows (:meth:`xtune.dataset.loading.ParsedRows.get`: parsed once per build)."""
+
+
+def shared_key(compute: Callable[[], str], cached: bool) -> str:
+    """The cache key from ``compute``; with a cache, computed by rank 0 alone and sent to the other ranks.
+
+    Only rank 0 builds a cache entry and the others read it, so they need its key, not the data (the key of
+    image-text data reads every row). An error computing it on rank 0 is raised on every rank, none waits.
+    """
+    if not cached or get_world_size() == 1:
+        return compute()
+    message: list = [None, None]
+    if get_rank() == 0:
+        try:
+            message[0] = compute()
+        except (XtuneError, OSError) as exc:
+            message[1] = exc
+    broadcast_object_list(message, src=0)
+    if message[1] is not None:
+        raise message[1]
+    return message[0]
+
+
+def build_or_load(
+    spec: DatasetSpec, key: str, cache_root: Path | None, fn_kwargs: dict, num_proc: int, rows: Rows | None = None
+):
+    """The processed rows of ``spec``: from the cache under ``cache_root/key``, or built (and cached) from
+    ``rows(spec)`` (default: :func:`load_rows`)."""
     if cache_root is None:
-        return _process(spec, fn_kwargs, num_proc)
+        return _process(spec, fn_kwargs, num_proc, rows=rows)
     target = cache_root / key
     data = None
     if get_rank() == 0:
@@ -115,7 +143,7 @@ def build_or_load(spec: DatasetSpec, key: str, cache_root: Path | None, fn_kwarg
         work.mkdir(parents=True, exist_ok=True)
         try:
             # written to disk batch by batch, so memory does not grow with the number of rows
-            _process(spec, fn_kwargs, num_proc, work / "rows.arrow").save_to_disk(str(tmp))
+            _process(spec, fn_kwargs, num_proc, work / "rows.arrow", rows).save_to_disk(str(tmp))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -129,8 +157,10 @@ def build_or_load(spec: DatasetSpec, key: str, cache_root: Path | None, fn_kwarg
     return data if data is not None else datasets.load_from_disk(str(target))
 
 
-def _process(spec: DatasetSpec, fn_kwargs: dict, num_proc: int, out_file: Path | None = None) -> datasets.Dataset:
-    raw = load_rows(spec, work_dir=out_file.parent if out_file else None)
+def _process(
+    spec: DatasetSpec, fn_kwargs: dict, num_proc: int, out_file: Path | None = None, rows: Rows | None = None
+) -> datasets.Dataset:
+    raw = rows(spec) if rows is not None else load_rows(spec, work_dir=out_file.parent if out_file else None)
     media = fn_kwargs.get("media")
     # Typed up front when media columns are added: a first batch of rows without images would otherwise
     # fix the images column's type as a list of nulls.

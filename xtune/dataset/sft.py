@@ -6,6 +6,7 @@ cached on its own (:mod:`xtune.dataset.process`), then the rows a mixture uses a
 """
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -13,12 +14,14 @@ import numpy as np
 from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
+from xtune.dataset.cache import work_suffix
 from xtune.dataset.dataset_info import DatasetSpec, check_stage
 from xtune.dataset.encode import EncodeOptions
+from xtune.dataset.loading import ParsedRows
 from xtune.dataset.mixture import resolve_mixture, select_rows
 from xtune.dataset.packing import pack_indices, packing_efficiency
 from xtune.dataset.pretrain import concat_blocks
-from xtune.dataset.process import BAD_ROW, build_or_load, cache_key, default_cache_dir
+from xtune.dataset.process import BAD_ROW, build_or_load, cache_key, default_cache_dir, shared_key
 from xtune.dataset.tokenizer import load_tokenizer_with_template
 from xtune.errors import ConfigError, DataError
 from xtune.registry import DATASETS
@@ -116,11 +119,16 @@ class SFTDataset(Dataset):
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
         cache_root = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
-        self._keys = [self._cache_key(spec) for spec in self.specs]
-        self.parts = [
-            build_or_load(spec, key, cache_root, self._process_kwargs(spec), num_proc)
-            for spec, key in zip(self.specs, self._keys)
-        ]
+        self._keys: list[str] = []
+        self.parts: list[datasets.Dataset] = []
+        # Each dataset's file is parsed at most once here: for its key (image paths) and, on a cache miss, its
+        # processing; one dataset's parsed rows at a time, in the cache folder (where the space is) or /tmp.
+        with ParsedRows(cache_root, work_suffix("build") if cache_root else "") as raw:
+            for spec in self.specs:
+                key = shared_key(partial(self._cache_key, spec, raw), cached=cache_root is not None)
+                self.parts.append(build_or_load(spec, key, cache_root, self._process_kwargs(spec), num_proc, raw.get))
+                self._keys.append(key)
+                raw.release(spec)
         if cache_root is not None:
             print_log(f"processed data: {', '.join(str(cache_root / key) for key in self._keys)}", logger="current")
         self._used = []  # per dataset: indices of its processed rows that train
@@ -170,7 +178,8 @@ class SFTDataset(Dataset):
             "skip_bad_rows": self.skip_bad_rows,
         }
 
-    def _cache_key(self, spec: DatasetSpec) -> str:
+    def _cache_key(self, spec: DatasetSpec, raw: ParsedRows) -> str:
+        """The cache key of one dataset (``raw``: its rows, for a key that depends on them)."""
         return cache_key(spec, self.tokenizer, self.options, self.placeholders, self.skip_bad_rows)
 
     def cache_key(self) -> str:

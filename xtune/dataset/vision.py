@@ -43,7 +43,7 @@ from pathlib import Path
 from xtune import paths
 from xtune.dataset.dataset_info import DatasetSpec, check_stage, load_dataset_info
 from xtune.dataset.images import DROPPED_IMAGE, IMAGE_COLUMNS, ImageRows, collapse_image_tokens, guess_format, open_rgb
-from xtune.dataset.loading import load_rows
+from xtune.dataset.loading import ParsedRows, first_row
 from xtune.dataset.sft import SFTDataset
 from xtune.dataset.templates import set_chat_template
 from xtune.errors import ConfigError
@@ -143,7 +143,7 @@ class VisionSFTDataset(SFTDataset):
     def _check_specs(self) -> None:
         for spec in self.specs:
             if not self._format_given and not self._registered(spec) and spec.data_format == "alpaca":
-                spec.data_format = guess_format(load_rows(spec)[0])
+                spec.data_format = guess_format(first_row(spec))
             if spec.data_format not in _LAYOUTS:
                 raise ConfigError(
                     f"dataset '{spec.name}' is {spec.data_format} data; image-text training reads conversations: "
@@ -177,9 +177,9 @@ class VisionSFTDataset(SFTDataset):
     def _process_kwargs(self, spec: DatasetSpec) -> dict:
         return {**super()._process_kwargs(spec), "media": self.media(spec)}
 
-    def _cache_key(self, spec: DatasetSpec) -> str:
-        text = super()._cache_key(spec)
-        return hashlib.sha256(f"{text}:{self.media(spec).identity(spec)}".encode()).hexdigest()[:24]
+    def _cache_key(self, spec: DatasetSpec, raw: ParsedRows) -> str:
+        text = super()._cache_key(spec, raw)
+        return hashlib.sha256(f"{text}:{self.media(spec).identity(raw.get(spec))}".encode()).hexdigest()[:24]
 
     # ----------------------------------------------------------------------------- access
     def _samples(self, index: int) -> list[int]:
