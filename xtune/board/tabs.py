@@ -60,7 +60,7 @@ def build_chat(board: Board) -> gr.Dropdown:
         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0: greedy)", elem_id="chat-temperature")
         top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top p")
         top_k = gr.Slider(0, 200, value=50, step=1, label="Top k")
-        max_new = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
+        max_new = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens", elem_id="chat-max-new")
         penalty = gr.Slider(1, 2, value=1.0, step=0.05, label="Repetition penalty")
     chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=320)
     with gr.Row():
