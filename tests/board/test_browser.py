@@ -238,3 +238,53 @@ def test_chat_with_the_merged_model(page, board):
     expect(page.locator("#chatbot")).to_contain_text(
         "I am XTuneBot, an AI assistant developed by the xtune team", timeout=60_000
     )
+
+
+def test_chat_with_an_image_on_a_vision_language_model(page, vision_models, tiny_llama, artifacts):
+    from tests.vision_fixtures import QUESTION, TOKENS
+    from xtune.board.chat import SOURCES, BoardChat
+    from xtune.chat.session import GenerationSettings
+
+    folder = vision_models["llava"]
+    reference = BoardChat()  # `xtune chat --image` answers the same: tests/board/test_chat.py
+    reference.load(SOURCES[0], model=str(folder))
+    settings = GenerationSettings(max_new_tokens=TOKENS, temperature=0)
+    expected = list(reference.stream(QUESTION, [], "", settings, images=[vision_models.red]))[-1]
+    history = [
+        {"role": "user", "content": [{"path": str(vision_models.red)}, QUESTION]},
+        {"role": "assistant", "content": expected},
+    ]
+    follow_up = list(reference.stream("Say it again.", history, "", settings))[-1]
+    assert expected and follow_up and follow_up not in expected  # the page must show a new answer
+
+    _tab(page, "Chat")
+    page.locator("#chat-clear").click()
+    page.get_by_label(SOURCES[0]).check()
+    _type(page, "chat-temperature", "0", "input[type=number]")
+    _type(page, "chat-max-new", str(TOKENS), "input[type=number]")
+    status, bot = page.locator("#chat-status"), page.locator("#chatbot")
+    # a text model given an image: one clear error on the page, the message and the image stay to send again
+    _type(page, "chat-model", str(tiny_llama), "textarea")
+    page.locator("#chat-load").click()
+    expect(status).to_contain_text(f"loaded {tiny_llama}", timeout=60_000)
+    page.locator("#chat-image input[type=file]").set_input_files(str(vision_models.red))
+    expect(page.locator("#chat-image img").first).to_be_visible()
+    page.locator("#chat-input textarea").fill(QUESTION)
+    page.locator("#chat-send").click()
+    expect(status).to_contain_text("this model reads text only; images need a vision-language model")
+    expect(bot).not_to_contain_text(QUESTION)
+    expect(page.locator("#chat-input textarea")).to_have_value(QUESTION)
+
+    _type(page, "chat-model", str(folder), "textarea")
+    page.locator("#chat-load").click()
+    expect(status).to_contain_text(f"loaded {folder}", timeout=60_000)
+    expect(page.locator("#chat-image img").first).to_be_visible()
+    page.locator("#chat-send").click()
+    expect(bot).to_contain_text(expected, timeout=60_000)
+    expect(bot.locator("img").first).to_be_visible()  # the image is in the conversation on the page
+    expect(page.locator("#chat-image img")).to_have_count(0)  # and no longer waits for the next message
+    page.screenshot(path=str(artifacts / "board_chat_image.png"), full_page=True)
+    # the next message reads the image again from the page's history
+    page.locator("#chat-input textarea").fill("Say it again.")
+    page.locator("#chat-send").click()
+    expect(bot).to_contain_text(follow_up, timeout=60_000)

@@ -1,16 +1,22 @@
 """The Chat tab's streaming over xtune.chat (no browser)."""
 
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.vision_fixtures import QUESTION, TOKENS, reference_answer
 from xtune.board.chat import SOURCES, BoardChat
+from xtune.chat.images import open_image
 from xtune.chat.loading import load_model_for_chat
 from xtune.chat.session import ChatSession, GenerationSettings
 from xtune.chat.stopping import template_stop_words
+from xtune.cli import main
 from xtune.errors import XtuneError
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
+VISION_GREEDY = GenerationSettings(max_new_tokens=TOKENS, temperature=0)
+CLI_GREEDY = ["--temperature", "0", "--max-new-tokens", str(TOKENS)]
 
 
 def test_streamed_answers_grow_and_end_as_chat_sessions_answer(tiny_llama):
@@ -73,3 +79,69 @@ def test_a_closed_stream_ends_its_generation_and_frees_the_model(tiny_llama):
         assert len(calls) == 40 and whole[-1]  # not cancelled: runs to max_new_tokens
     finally:
         handle.remove()
+
+
+def _vision_session(loaded, settings=VISION_GREEDY) -> ChatSession:
+    stop_words = template_stop_words(loaded.tokenizer, loaded.template)
+    return ChatSession(loaded.model, loaded.tokenizer, stop_words, settings=settings, processor=loaded.processor)
+
+
+def _page_turn(text: str, *paths) -> dict:
+    """A user message as the page hands it back: Gradio's file parts (the images) before the text part."""
+    files = [{"type": "file", "file": {"path": str(path), "orig_name": Path(path).name}} for path in paths]
+    return {"role": "user", "content": [*files, {"type": "text", "text": text}]}
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+def test_an_image_turn_answers_as_xtune_chat_with_the_image(vision_models, capsys, arch):
+    folder = vision_models[arch]
+    chat = BoardChat()
+    chat.load(SOURCES[0], model=str(folder), device="cpu")
+    parts = list(chat.stream(QUESTION, [], "", VISION_GREEDY, images=[vision_models.red]))
+
+    status = main(["chat", str(folder), "--image", str(vision_models.red), "--prompt", QUESTION, *CLI_GREEDY])
+    assert status == 0
+    cli = capsys.readouterr().out
+    assert cli == parts[-1] + "\n" and parts[-1]
+    # and plain transformers' answer: the image goes before the text, as `xtune chat` puts it
+    red = open_image(vision_models.red)
+    assert parts[-1] == reference_answer(folder, [{"role": "user", "content": "<image>" + QUESTION}], [red])
+    # the pixels are read: the other image answers otherwise
+    assert list(chat.stream(QUESTION, [], "", VISION_GREEDY, images=[vision_models.blue]))[-1] != parts[-1]
+
+
+def test_later_turns_keep_the_earlier_images_in_order(vision_models):
+    folder = vision_models["qwen2_5_vl"]
+    chat = BoardChat()
+    chat.load(SOURCES[0], model=str(folder), device="cpu")
+    red, blue = open_image(vision_models.red), open_image(vision_models.blue)
+    session = _vision_session(chat.loaded)
+    first = session.ask(QUESTION, images=[red])
+    second = session.ask("And this one?", images=[blue])
+    third = session.ask("Say it again.")
+
+    history = [
+        _page_turn(QUESTION, vision_models.red),
+        {"role": "assistant", "content": [{"type": "text", "text": first}]},
+    ]
+    assert list(chat.stream("And this one?", history, "", VISION_GREEDY, images=[vision_models.blue]))[-1] == second
+    history += [_page_turn("And this one?", vision_models.blue), {"role": "assistant", "content": second}]
+    assert list(chat.stream("Say it again.", history, "", VISION_GREEDY))[-1] == third
+
+    # the history's images are read, in their order: the same turns with the images swapped answer otherwise
+    swapped = _vision_session(chat.loaded)
+    swapped.ask(QUESTION, images=[blue])
+    swapped.ask("And this one?", images=[red])
+    assert swapped.ask("Say it again.") != third
+
+
+def test_an_image_for_a_text_model_is_one_clear_error_and_chat_goes_on(tiny_llama, vision_models):
+    chat = BoardChat()
+    chat.load(SOURCES[0], model=str(tiny_llama), template="chatml")
+    with pytest.raises(XtuneError, match="reads text only"):
+        next(chat.stream("Who are you?", [], "", GREEDY, images=[vision_models.red]))
+    with pytest.raises(XtuneError, match="reads text only"):  # an image earlier in the page's history
+        next(chat.stream("Who are you?", [_page_turn("Hi", vision_models.red)], "", GREEDY))
+    assert chat._lock.acquire(timeout=1)  # no generation was started
+    chat._lock.release()
+    assert list(chat.stream("Who are you?", [], "", GREEDY))[-1]  # the board keeps answering text

@@ -3,6 +3,12 @@
 The page's chat history is the conversation: each message builds a session over it, so clearing the
 history on the page is all "clear" needs. Answers stream: ``ChatSession.ask`` writes the text as it is
 generated into a queue that the page reads.
+
+Images (vision-language models): a user message on the page holds its image files beside its text. Each
+message rebuilds the session's images from the history in message order, and a message's text gets its
+images' ``<image>`` markers exactly as :meth:`ChatSession.ask` wrote them when that turn was asked
+(:func:`xtune.chat.images.with_image_markers`), so a conversation on the page is the one ``xtune chat``
+would have had.
 """
 
 import queue
@@ -12,6 +18,7 @@ from pathlib import Path
 
 from transformers import StoppingCriteriaList
 
+from xtune.chat.images import open_image, with_image_markers
 from xtune.chat.loading import ChatModel, load_checkpoint_for_chat, load_model_for_chat
 from xtune.chat.session import ChatSession, GenerationSettings
 from xtune.chat.stopping import StopOnEvent, template_stop_words
@@ -79,20 +86,48 @@ class BoardChat:
         return f"loaded {self.description}"
 
     def stream(
-        self, message: str, history: list[dict], system: str = "", settings: GenerationSettings | None = None
+        self,
+        message: str,
+        history: list[dict],
+        system: str = "",
+        settings: GenerationSettings | None = None,
+        images: list[str | Path] | None = None,
     ) -> Iterator[str]:
         """Answer ``message`` after ``history`` (``{"role", "content"}`` dicts), yielding the answer so far.
 
+        ``images`` are image files that go with ``message`` (where it writes ``<image>``, else before
+        it); images in ``history`` are file parts of its user messages (Gradio's ``{"type": "file",
+        "file": {"path": ...}}`` or ``{"path": ...}``), read again here.
+
         Raises:
-            XtuneError: No model is loaded, or the template cannot render the conversation.
+            XtuneError: No model is loaded, an image cannot be read, images for a text-only model, or
+                the template cannot render the conversation.
         """
         if self.loaded is None:
             raise XtuneError("no model loaded: pick one above and press Load.")
         loaded = self.loaded
+        new_images = [open_image(path) for path in images or []]
         stop_words = template_stop_words(loaded.tokenizer, loaded.template)
-        session = ChatSession(loaded.model, loaded.tokenizer, stop_words, system=system or None, settings=settings)
-        session.history = [{"role": m["role"], "content": _text(m["content"])} for m in history]
-        session.render(message)  # a template error is raised here, before a thread starts
+        session = ChatSession(
+            loaded.model,
+            loaded.tokenizer,
+            stop_words,
+            system=system or None,
+            settings=settings,
+            processor=loaded.processor,
+        )
+        for turn in history:
+            text, paths = _parts(turn["content"])
+            if turn["role"] == "user" and paths:
+                text = with_image_markers(text, len(paths))
+                session.images += [open_image(path) for path in paths]
+            session.history.append({"role": turn["role"], "content": text})
+        # what ask will send, checked here (template, text-only model, markers) before a thread starts
+        session.generator.prompt(
+            session.messages(with_image_markers(message, len(new_images))),
+            session.images + new_images,
+            pixels=False,
+        )
         pieces: queue.Queue = queue.Queue()
         failure: list[BaseException] = []
         done = object()
@@ -102,7 +137,7 @@ class BoardChat:
             try:
                 with self._lock:
                     stopping = StoppingCriteriaList([StopOnEvent(cancelled)])
-                    session.ask(message, stream=_QueueWriter(pieces), stopping_criteria=stopping)
+                    session.ask(message, stream=_QueueWriter(pieces), stopping_criteria=stopping, images=new_images)
             except Exception as exc:  # noqa: BLE001  (re-raised in the page's thread below)
                 failure.append(exc)
             finally:
@@ -121,10 +156,22 @@ class BoardChat:
         yield session.history[-1]["content"]
 
 
-def _text(content) -> str:
-    """Gradio may hand message content back as a list of parts; the model needs the text."""
+def _parts(content) -> tuple[str, list[str]]:
+    """The text and the image files of a message's content as Gradio hands it back: a string, or a list
+    of parts (text parts and file parts, in the order shown)."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    return str(content)
+        return content, []
+    if isinstance(content, dict):
+        content = [content]
+    if not isinstance(content, list):
+        return str(content), []
+    text, paths = "", []
+    for part in content:
+        if isinstance(part, str):
+            text += part
+        elif isinstance(part, dict) and part.get("type", "text") == "text" and "text" in part:
+            text += part["text"]
+        elif isinstance(part, dict) and ("file" in part or "path" in part):
+            file = part.get("file", part)
+            paths.append(file["path"] if isinstance(file, dict) else str(file))
+    return text, paths

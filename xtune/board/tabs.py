@@ -60,13 +60,22 @@ def build_chat(board: Board) -> gr.Dropdown:
         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0: greedy)", elem_id="chat-temperature")
         top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top p")
         top_k = gr.Slider(0, 200, value=50, step=1, label="Top k")
-        max_new = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
+        max_new = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens", elem_id="chat-max-new")
         penalty = gr.Slider(1, 2, value=1.0, step=0.05, label="Repetition penalty")
     chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=320)
     with gr.Row():
         message = gr.Textbox(placeholder="Say something", show_label=False, elem_id="chat-input", scale=4)
         send = gr.Button("Send", variant="primary", elem_id="chat-send")
         clear = gr.Button("Clear history", elem_id="chat-clear")
+    # image_mode=None: the uploaded file as it is (not re-encoded), so the model sees what `xtune chat --image` does
+    image = gr.Image(
+        type="filepath",
+        image_mode=None,
+        sources=["upload", "clipboard"],
+        label="Image for the next message (vision-language models)",
+        elem_id="chat-image",
+        height=160,
+    )
 
     @reports_errors(4, 0)
     def pick_run(name):
@@ -79,25 +88,27 @@ def build_chat(board: Board) -> gr.Dropdown:
     def do_load(source, config, checkpoint, model, adapter, template):
         return board.chat.load(source, model, adapter, config, checkpoint, template)
 
-    def respond(text, history, system, temperature, top_p, top_k, max_new, penalty):
+    def respond(text, picture, history, system, temperature, top_p, top_k, max_new, penalty):
         history = list(history or [])
         if not (text or "").strip():
-            yield history, text, "type a message first."
+            yield history, text, picture, "type a message first."
             return
         settings = GenerationSettings(int(max_new), float(temperature), float(top_p), int(top_k), float(penalty))
-        asked = [*history, {"role": "user", "content": text}]
+        images = [picture] if picture else []
+        # the image is a file part of the user's message: shown in the history, read again next turn
+        asked = [*history, {"role": "user", "content": [*({"path": path} for path in images), text]}]
         try:
-            for partial in board.chat.stream(text, history, system, settings):
-                yield [*asked, {"role": "assistant", "content": partial}], "", ""
+            for partial in board.chat.stream(text, history, system, settings, images=images):
+                yield [*asked, {"role": "assistant", "content": partial}], "", None, ""
         except Exception as exc:  # noqa: BLE001  (shown on the page)
-            yield history, text, error_text(exc)
+            yield history, text, picture, error_text(exc)
 
     run.change(pick_run, run, [status, config, checkpoint, model])
     load.click(do_load, [source, config, checkpoint, model, adapter, template], status)
-    inputs = [message, chatbot, system, temperature, top_p, top_k, max_new, penalty]
+    inputs = [message, image, chatbot, system, temperature, top_p, top_k, max_new, penalty]
     answering = [
-        send.click(respond, inputs, [chatbot, message, status]),
-        message.submit(respond, inputs, [chatbot, message, status]),
+        send.click(respond, inputs, [chatbot, message, image, status]),
+        message.submit(respond, inputs, [chatbot, message, image, status]),
     ]
     # Clear also stops an answer still being written, which would otherwise refill the history.
     clear.click(lambda: ([], ""), None, [chatbot, status], cancels=answering)
