@@ -289,12 +289,15 @@ def _run(cfg, args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         for removed in remove_temporary_files(cfg.work_dir):
             _note(f"removed {removed}, left by an interrupted save")
+    started_here = not _process_group_running()
     _start_cpu_process_group(cfg)
     runner = RUNNERS.build(cfg)
     runner.allow_changed_data = bool(getattr(args, "allow_changed_data", False))
     try:
         runner.train()
     except TrainingInterrupted as exc:
+        if exc.exit_status > 128:  # a stop signal: every rank stopped after the same step and saved
+            _end_process_group(started_here)
         if os.environ.get("RANK", "0") != "0":
             return exc.exit_status  # rank 0 says it once
         if exc.resumable:
@@ -302,7 +305,40 @@ def _run(cfg, args: argparse.Namespace) -> int:
                 f"{exc} Resume with: {resume_command(args, cfg.work_dir)}", exc.exit_status
             ) from None
         raise
+    _end_process_group(started_here)
     return 0
+
+
+def _process_group_running() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _end_process_group(started_here: bool) -> None:
+    """Wait for every rank, then destroy the process groups this run started, before Python exits.
+
+    Left to the interpreter's teardown, a gloo group's worker threads can still be releasing the last
+    collective's work (and the tensors in it) while Python finalizes; a thread that then needs the GIL is
+    ended by Python in the middle of a C++ destructor, and the process aborts with "terminate called
+    without an active exception" (exit 134) after a run that succeeded. torch's documentation asks every
+    trainer to call ``destroy_process_group`` once communication is over; the barrier first makes sure no
+    rank tears its connections down while another is still inside a collective. Only after a normal end or
+    an agreed stop (after an error, ranks may be in different collectives, and a barrier could hang).
+    """
+    import torch.distributed as dist
+
+    if not started_here or not _process_group_running():
+        return
+    dist.barrier()
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()  # also drops DeepSpeed's references to the groups (sequence parallel)
+    else:
+        dist.destroy_process_group()
+    sequence_parallel = sys.modules.get("xtune.model.sequence_parallel")
+    if sequence_parallel is not None:
+        sequence_parallel.reset()
 
 
 def _start_cpu_process_group(cfg) -> None:
