@@ -6,7 +6,9 @@ without an active exception" (see ``_end_process_group`` in xtune/cli/train.py).
 rank under ``--launcher pytorch`` (gloo on CPU), in this process, so the group's state can be read after.
 """
 
+import os
 import socket
+import threading
 
 import pytest
 import torch.distributed as dist
@@ -41,15 +43,27 @@ def _options(model, data) -> dict:
     return {**sgd_parity_options(model, data, False), "max_epochs": 1}
 
 
+def _native_threads() -> int:
+    """This process's threads that Python did not start (gloo's workers among them)."""
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+
 def test_a_run_destroys_the_process_group_it_started(tiny_llama, alpaca_file, tmp_path, one_rank, monkeypatch):
     started = []
     init = dist.init_process_group
-    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: started.append(k) or init(*a, **k))
+
+    def record(*args, **kwargs):
+        init(*args, **kwargs)
+        started.append((kwargs, _native_threads()))
+
+    monkeypatch.setattr(dist, "init_process_group", record)
     work = tmp_path / "w"
     assert train(LORA, work, _options(tiny_llama, alpaca_file), ["--launcher", "pytorch"]) == 0
-    assert started == [{"backend": "gloo"}]  # the run trained in a (one-rank) gloo group it started
+    assert [kwargs for kwargs, _ in started] == [{"backend": "gloo"}]  # trained in a gloo group it started
     assert (work / "last_checkpoint").is_file()
     assert not dist.is_initialized()  # and it is gone before the process ends
+    # with its threads: none is left to finish a collective's work while Python finalizes
+    assert _native_threads() <= started[0][1] - 2  # gloo runs 2 worker threads per group
 
 
 def test_a_group_started_by_the_caller_is_left_to_it(tiny_llama, alpaca_file, tmp_path, one_rank):

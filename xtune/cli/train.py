@@ -305,6 +305,7 @@ def _run(cfg, args: argparse.Namespace) -> int:
                 f"{exc} Resume with: {resume_command(args, cfg.work_dir)}", exc.exit_status
             ) from None
         raise
+    del runner  # its model (DDP's reducer, DeepSpeed's engine) holds the process groups
     _end_process_group(started_here)
     return 0
 
@@ -318,18 +319,26 @@ def _process_group_running() -> bool:
 def _end_process_group(started_here: bool) -> None:
     """Wait for every rank, then destroy the process groups this run started, before Python exits.
 
-    Left to the interpreter's teardown, a gloo group's worker threads can still be releasing the last
-    collective's work (and the tensors in it) while Python finalizes; a thread that then needs the GIL is
-    ended by Python in the middle of a C++ destructor, and the process aborts with "terminate called
-    without an active exception" (exit 134) after a run that succeeded. torch's documentation asks every
-    trainer to call ``destroy_process_group`` once communication is over; the barrier first makes sure no
-    rank tears its connections down while another is still inside a collective. Only after a normal end or
-    an agreed stop (after an error, ranks may be in different collectives, and a barrier could hang).
+    Without this, a rank could abort after a run that succeeded ("terminate called without an active
+    exception", exit -6): a gloo worker thread drops its reference to a finished collective's work a moment
+    after the main thread has moved on; when that is the last reference, the work's destructor releases a
+    tensor Python also holds, which takes the GIL; if the main thread has begun finalizing by then, Python
+    ends the thread (pthread_exit) and the unwinding through that noexcept destructor calls std::terminate.
+    ``destroy_process_group`` joins gloo's threads while the interpreter is still whole, as torch's
+    documentation asks of every trainer; the barrier first makes sure no rank tears its connections down
+    while another is still inside a collective. A group's threads end when its last reference goes: the
+    model (DDP's reducer, DeepSpeed's engine) is collected first, so that the last reference is the one
+    held here, whose release lets go of the GIL while it waits for the threads (torch's Python binding does
+    that), and a thread still finishing a work can take the GIL. Only after a normal end or an agreed stop:
+    after an error, ranks may be in different collectives, and a barrier could hang.
     """
+    import gc
+
     import torch.distributed as dist
 
     if not started_here or not _process_group_running():
         return
+    groups = list(getattr(dist.distributed_c10d._world, "pg_map", None) or [dist.group.WORLD])
     dist.barrier()
     ds_comm = sys.modules.get("deepspeed.comm")
     if ds_comm is not None and ds_comm.is_initialized():
@@ -339,6 +348,8 @@ def _end_process_group(started_here: bool) -> None:
     sequence_parallel = sys.modules.get("xtune.model.sequence_parallel")
     if sequence_parallel is not None:
         sequence_parallel.reset()
+    gc.collect()  # the finished run's objects, in reference cycles, and with them the model's references
+    del groups  # the last references: gloo's threads are joined here, while Python is whole
 
 
 def _start_cpu_process_group(cfg) -> None:
