@@ -293,21 +293,21 @@ def _run(cfg, args: argparse.Namespace) -> int:
     _start_cpu_process_group(cfg)
     runner = RUNNERS.build(cfg)
     runner.allow_changed_data = bool(getattr(args, "allow_changed_data", False))
+    stop = None
     try:
         runner.train()
     except TrainingInterrupted as exc:
-        if exc.exit_status > 128:  # a stop signal: every rank stopped after the same step and saved
-            _end_process_group(started_here)
-        if os.environ.get("RANK", "0") != "0":
-            return exc.exit_status  # rank 0 says it once
-        if exc.resumable:
-            raise TrainingInterrupted(
-                f"{exc} Resume with: {resume_command(args, cfg.work_dir)}", exc.exit_status
-            ) from None
-        raise
+        stop = exc.with_traceback(None)  # a one-line message; its frames would keep the run alive
     del runner  # its model (DDP's reducer, DeepSpeed's engine) holds the process groups
-    _end_process_group(started_here)
-    return 0
+    if stop is None or stop.exit_status > 128:  # a normal end, or a stop signal: every rank saved the same step
+        _end_process_group(started_here)
+    if stop is None:
+        return 0
+    if os.environ.get("RANK", "0") != "0":
+        return stop.exit_status  # rank 0 says it once
+    if stop.resumable:
+        raise TrainingInterrupted(f"{stop} Resume with: {resume_command(args, cfg.work_dir)}", stop.exit_status)
+    raise stop
 
 
 def _process_group_running() -> bool:
