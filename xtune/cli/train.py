@@ -289,20 +289,67 @@ def _run(cfg, args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         for removed in remove_temporary_files(cfg.work_dir):
             _note(f"removed {removed}, left by an interrupted save")
+    started_here = not _process_group_running()
     _start_cpu_process_group(cfg)
     runner = RUNNERS.build(cfg)
     runner.allow_changed_data = bool(getattr(args, "allow_changed_data", False))
+    stop = None
     try:
         runner.train()
     except TrainingInterrupted as exc:
-        if os.environ.get("RANK", "0") != "0":
-            return exc.exit_status  # rank 0 says it once
-        if exc.resumable:
-            raise TrainingInterrupted(
-                f"{exc} Resume with: {resume_command(args, cfg.work_dir)}", exc.exit_status
-            ) from None
-        raise
-    return 0
+        stop = exc.with_traceback(None)  # a one-line message; its frames would keep the run alive
+    del runner  # its model (DDP's reducer, DeepSpeed's engine) holds the process groups
+    if stop is None or stop.exit_status > 128:  # a normal end, or a stop signal: every rank saved the same step
+        _end_process_group(started_here)
+    if stop is None:
+        return 0
+    if os.environ.get("RANK", "0") != "0":
+        return stop.exit_status  # rank 0 says it once
+    if stop.resumable:
+        raise TrainingInterrupted(f"{stop} Resume with: {resume_command(args, cfg.work_dir)}", stop.exit_status)
+    raise stop
+
+
+def _process_group_running() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _end_process_group(started_here: bool) -> None:
+    """Wait for every rank, then destroy the process groups this run started, before Python exits.
+
+    Without this, a rank could abort after a run that succeeded ("terminate called without an active
+    exception", exit -6): a gloo worker thread drops its reference to a finished collective's work a moment
+    after the main thread has moved on; when that is the last reference, the work's destructor releases a
+    tensor Python also holds, which takes the GIL; if the main thread has begun finalizing by then, Python
+    ends the thread (pthread_exit) and the unwinding through that noexcept destructor calls std::terminate.
+    ``destroy_process_group`` joins gloo's threads while the interpreter is still whole, as torch's
+    documentation asks of every trainer; the barrier first makes sure no rank tears its connections down
+    while another is still inside a collective. A group's threads end when its last reference goes: the
+    model (DDP's reducer, DeepSpeed's engine) is collected first, so that the last reference is the one
+    held here, whose release lets go of the GIL while it waits for the threads (torch's Python binding does
+    that), and a thread still finishing a work can take the GIL. Only after a normal end or an agreed stop:
+    after an error, ranks may be in different collectives, and a barrier could hang.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    if not started_here or not _process_group_running():
+        return
+    groups = list(getattr(dist.distributed_c10d._world, "pg_map", None) or [dist.group.WORLD])
+    dist.barrier()
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()  # also drops DeepSpeed's references to the groups (sequence parallel)
+    else:
+        dist.destroy_process_group()
+    sequence_parallel = sys.modules.get("xtune.model.sequence_parallel")
+    if sequence_parallel is not None:
+        sequence_parallel.reset()
+    gc.collect()  # the finished run's objects, in reference cycles, and with them the model's references
+    del groups  # the last references: gloo's threads are joined here, while Python is whole
 
 
 def _start_cpu_process_group(cfg) -> None:

@@ -56,6 +56,11 @@ def sequence_parallel_size() -> int:
     return _State.size
 
 
+def reset() -> None:
+    """Forget this process's sequence-parallel setup (its groups were destroyed at the end of a run)."""
+    _State.size, _State.group, _State.core, _State.modules, _State.last = 1, None, VARLEN, {}, (None, False)
+
+
 def data_parallel_info(size: int) -> tuple[int, int]:
     """``(data-parallel rank, data-parallel size)`` of this process when ``size`` ranks share a sequence.
 
