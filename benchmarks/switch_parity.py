@@ -60,24 +60,18 @@ def make_batch(device: str) -> dict:
     items = []
     for lengths in ROWS:
         ids = torch.randint(3, 900, (sum(lengths),), generator=generator).tolist()
-        labels = [-100 if p < 5 else t for n, start in _spans(lengths) for p, t in enumerate(ids[start : start + n])]
         positions = [p for n in lengths for p in range(n)]
+        labels = [-100 if p < 5 else t for p, t in zip(positions, ids)]
         items.append({"input_ids": ids, "labels": labels, "position_ids": positions})
     batch = sft_collate_fn(items)
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-
-
-def _spans(lengths: list[int]) -> list[tuple[int, int]]:
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    return list(zip(lengths, starts))
 
 
 def build(model_path: Path, device: str, dtype: str, settings: dict):
     """The model as ``xtune train`` builds it (full finetuning), with ``settings`` over the plain ones."""
     from xtune.model import SupervisedFinetune
 
-    model_settings = {k: v for k, v in {**PLAIN, **settings}.items() if k not in ("fused", "foreach")}
-    model = SupervisedFinetune(str(model_path), finetune_type="full", dtype=dtype, **model_settings).to(device)
+    model = SupervisedFinetune(str(model_path), finetune_type="full", dtype=dtype, **{**PLAIN, **settings}).to(device)
     model.train()
     return model
 
