@@ -63,6 +63,12 @@ FRACTION = Rule(lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1")
 NON_NEGATIVE = Rule(lambda v: _is_number(v) and v >= 0, "a number >= 0")
 BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
 TEXT = Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+
+
+def _text_or_none(expected: str) -> Rule:
+    return Rule(lambda v: v is None or TEXT.check(v), expected)
+
+
 DTYPE = Rule(lambda v: v in DTYPE_NAMES, f"one of {', '.join(DTYPE_NAMES)}")
 BETAS = Rule(
     lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
@@ -99,18 +105,13 @@ KNOBS: dict[str, Rule] = {
     "sequence_parallel_size": _ints(1),
     "activation_offload": BOOL,
     "tiled_mlp": _ints(0),
-    "vision_tower": Rule(
-        lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "None or a CLIP/SigLIP folder or hub name"
-    ),
-    "projector": Rule(
-        lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
-        "None or the pretrain stage's work dir, checkpoint or converted folder",
-    ),
+    "vision_tower": _text_or_none("None or a CLIP/SigLIP folder or hub name"),
+    "projector": _text_or_none("None or the pretrain stage's work dir, checkpoint or converted folder"),
     "freeze_llm": BOOL,
     "freeze_vision_tower": BOOL,
     "freeze_projector": BOOL,
     "vision_lora": BOOL,
-    "image_folder": Rule(lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "None or a folder"),
+    "image_folder": _text_or_none("None or a folder"),
     "name": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "author": Rule(lambda v: v is None or isinstance(v, str), "None or a string"),
     "skip_bad_rows": BOOL,
