@@ -256,7 +256,9 @@ def _with_location(table: pa.Table, file: Path, start: int = 1) -> pa.Table:
     return table.append_column(ROW_COLUMN, pa.array(range(start, start + n), pa.int64()))
 
 
-def _first_of(table: pa.Table, file: Path) -> dict[str, Any]:
+def _first_of(batch: pa.RecordBatch | None, schema: pa.Schema, file: Path) -> dict[str, Any]:
+    """The first row of a file read batch by batch (no batch: an empty file, whose error names it)."""
+    table = pa.Table.from_batches([batch]) if batch is not None else schema.empty_table()
     return _with_location(table.slice(0, 1), file).to_pylist()[0]
 
 
@@ -280,8 +282,7 @@ def _first_parquet_row(file: Path) -> dict[str, Any]:
             batch, schema = next(parquet.iter_batches(batch_size=1), None), parquet.schema_arrow
     except (pa.ArrowInvalid, OSError) as err:
         raise _parquet_error(file, err) from None
-    table = pa.Table.from_batches([batch]) if batch is not None else schema.empty_table()
-    return _first_of(table, file)
+    return _first_of(batch, schema, file)
 
 
 def _csv_options(file: Path) -> dict[str, Any]:
@@ -320,8 +321,7 @@ def _first_csv_row(file: Path) -> dict[str, Any]:
             batch, schema = next(iter(reader), None), reader.schema
     except pa.ArrowInvalid as err:
         raise _csv_error(file, err) from None
-    table = pa.Table.from_batches([batch]) if batch is not None else schema.empty_table()
-    return _first_of(table, file)
+    return _first_of(batch, schema, file)
 
 
 def _text_lines(file: Path) -> Iterator[tuple[int, str]]:
