@@ -17,6 +17,7 @@ import json
 import os.path as osp
 
 import torch
+from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
@@ -109,7 +110,7 @@ class ValidationHook(Hook):
             loss_sum += float(out["loss"])
             tokens += count_trained_tokens(batch["labels"])
         model.train(was_training)
-        loss = _agreed(loss_sum / max(tokens, 1), device)
+        loss = _agreed(loss_sum / max(tokens, 1))
         self.history["iter"].append(step)
         self.history["loss"].append(loss)
         runner.message_hub.update_scalar("val/loss", loss)
@@ -130,13 +131,12 @@ class ValidationHook(Hook):
             runner.logger.info(f"best validation loss so far: saved {osp.join(runner.work_dir, 'best_checkpoint.pth')}")
 
 
-def _agreed(loss: float, device: torch.device) -> float:
+def _agreed(loss: float) -> float:
     """Rank 0's ``loss`` on every rank. Each rank validates the same rows with the same weights, but GPU
     reductions need not round alike everywhere; saving the best weights is a collective under ZeRO, so a
     rank that alone saw a new best would wait for the others forever."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_distributed():
         return loss
-    value = torch.tensor([loss], dtype=torch.float64, device=device)
-    dist.broadcast(value, src=0)
+    value = torch.tensor([loss], dtype=torch.float64)
+    broadcast(value, src=0)  # mmengine's: on the backend's device and back
     return float(value)
