@@ -146,5 +146,5 @@ def test_bits_keeps_the_vision_tower_and_projector_unquantized(vision_models, mo
     monkeypatch.setattr(xtune.hf.vision, "load_vision_model", load_without_bitsandbytes)
     chat = load_model_for_chat(str(vision_models[arch]), bits=4)
     family = VISION_FAMILIES[arch]
-    assert seen["quantization"].llm_int8_skip_modules == [family.vision, family.projector, "lm_head"]
+    assert seen["quantization"].llm_int8_skip_modules == [family.vision, *family.projectors, "lm_head"]
     assert chat.processor is not None

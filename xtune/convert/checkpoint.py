@@ -220,7 +220,7 @@ def _holds_projector(state: StateDict) -> bool:
     """Whether a vision run's checkpoint holds its projector's weights."""
     from xtune.hf.vision import VISION_FAMILIES
 
-    paths = {family.projector for family in VISION_FAMILIES.values()}
+    paths = {path for family in VISION_FAMILIES.values() for path in family.projectors}
     return any(path + "." in key for key in state for path in paths)
 
 

@@ -37,8 +37,11 @@ class VisionFamily:
 
     Attributes:
         vision: Module path of the vision tower in the transformers model.
-        projector: Module path of the layers that map vision features into the LM's embedding space
-            (may sit inside the vision tower, as Qwen's ``merger`` does).
+        projectors: Module paths of the layers that map vision features into the LM's hidden states, all
+            trained, saved and loaded together as "the projector". They may sit inside the vision tower, as
+            Qwen's ``merger`` does; Qwen3-VL adds ``deepstack_merger_list``, one merger per ViT layer whose
+            features it adds to the LM's first layers (DeepStack), which are projectors as much as ``merger``
+            is (docs/multimodal.md says why they follow ``freeze_projector`` rather than the tower).
         language_model: Module path of the decoder (without the output layer).
         image_text: The text one image becomes, with ``{tokens}`` for its expanded image tokens.
         packs: Whether packed rows are supported: 1-D positions restarting per sample. Qwen's 3-D
@@ -46,20 +49,25 @@ class VisionFamily:
     """
 
     vision: str
-    projector: str
+    projectors: tuple[str, ...]
     language_model: str
     image_text: str = "{tokens}"
     packs: bool = True
 
 
-_QWEN_VL = VisionFamily(
-    "model.visual", "model.visual.merger", "model.language_model", "<|vision_start|>{tokens}<|vision_end|>", False
-)
+_QWEN_IMAGE = "<|vision_start|>{tokens}<|vision_end|>"
+_QWEN_VL = VisionFamily("model.visual", ("model.visual.merger",), "model.language_model", _QWEN_IMAGE, False)
 VISION_FAMILIES: dict[str, VisionFamily] = {
-    "llava": VisionFamily("model.vision_tower", "model.multi_modal_projector", "model.language_model"),
+    "llava": VisionFamily("model.vision_tower", ("model.multi_modal_projector",), "model.language_model"),
     "qwen2_vl": _QWEN_VL,
     "qwen2_5_vl": _QWEN_VL,
-    "qwen3_vl": _QWEN_VL,
+    "qwen3_vl": VisionFamily(
+        "model.visual",
+        ("model.visual.merger", "model.visual.deepstack_merger_list"),
+        "model.language_model",
+        _QWEN_IMAGE,
+        False,
+    ),
 }
 """``model_type`` -> :class:`VisionFamily`, for every VLM family xtune trains."""
 
@@ -433,4 +441,4 @@ def quantization_skips(config, family: VisionFamily) -> None:
     """Keep the vision tower, the projector and the output layer of a ``BitsAndBytesConfig`` ``config`` out of
     quantisation (training gives them full weights or adapters in the weights' dtype; they are small), for
     training and for ``--bits`` in chat and serve alike."""
-    config.llm_int8_skip_modules = [family.vision, family.projector, "lm_head"]
+    config.llm_int8_skip_modules = [family.vision, *family.projectors, "lm_head"]

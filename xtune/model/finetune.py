@@ -278,7 +278,7 @@ class FinetuneModel(BaseModel):
                 self.llm, self.vision_family, self.vision_settings, settings["target_modules"]
             )
             settings["modules_to_save"] = vision.modules_to_save(
-                self.vision_family, self.vision_settings, settings["modules_to_save"]
+                self.llm, self.vision_family, self.vision_settings, settings["modules_to_save"]
             )
         config = LoraConfig(task_type=task, use_dora=use_dora, **settings)
         with warnings.catch_warnings():

@@ -2,8 +2,8 @@
 projector checkpoint, the vision inputs of a batch and the zero-weighted term.
 
 A VLM has three parts (their module paths per family are :data:`xtune.hf.vision.VISION_FAMILIES`): the vision
-tower (ViT), the projector (vision features -> the LM's embedding space) and the language model with its
-output layer. The knobs say which parts train:
+tower (ViT), the projector (vision features -> the LM's hidden states; one module or several, as Qwen3-VL's
+``merger`` and its DeepStack mergers, always handled as one) and the language model with its output layer. The knobs say which parts train:
 
 - ``full`` / ``freeze``: the language model as the type says (nothing with ``freeze_llm``), the ViT unless
   ``freeze_vision_tower`` (frozen by default), the projector unless ``freeze_projector``.
@@ -89,6 +89,10 @@ def _under(name: str, path: str) -> bool:
     return name == path or name.startswith(path + ".")
 
 
+def _in_projector(name: str, family: VisionFamily) -> bool:
+    return any(_under(name, path) for path in family.projectors)
+
+
 def vision_family_of(model) -> VisionFamily:
     """The family of a loaded VLM (its ``model_type``)."""
     return vision_family(model.config.model_type)
@@ -136,7 +140,7 @@ def set_trainable_parts(vlm, family: VisionFamily, settings: VisionSettings, fin
     """Apply the freeze knobs after the finetune type has set the language model's ``requires_grad``
     (``full``: all; ``freeze``: its last layers). Before adapters are added."""
     for name, param in vlm.named_parameters():
-        if _under(name, family.projector):
+        if _in_projector(name, family):
             param.requires_grad_(not settings.freeze_projector)
         elif _under(name, family.vision):
             param.requires_grad_(finetune_type in ("full", "freeze") and not settings.freeze_vision_tower)
@@ -166,7 +170,7 @@ def lora_targets(vlm, family: VisionFamily, settings: VisionSettings, requested:
     wanted = None if requested == "all-linear" else set(requested)
     patterns: list[str] = []
     for name, module in vlm.named_modules():
-        if not isinstance(module, torch.nn.Linear) or _under(name, family.projector):
+        if not isinstance(module, torch.nn.Linear) or _in_projector(name, family):
             continue
         if not any(_under(name, part) for part in parts):
             continue
@@ -183,18 +187,32 @@ def lora_targets(vlm, family: VisionFamily, settings: VisionSettings, requested:
     return "|".join(patterns)
 
 
-def modules_to_save(family: VisionFamily, settings: VisionSettings, requested: list[str] | None) -> list[str] | None:
-    """peft ``modules_to_save``: the config's, plus the projector when it trains."""
+def projector_modules(vlm, family: VisionFamily) -> list[str]:
+    """The module names peft's ``modules_to_save`` wraps for the projector: each projector path, or for a
+    ``ModuleList`` (Qwen3-VL's ``deepstack_merger_list``) each of its members, since the model indexes the list
+    and peft's wrapper around a whole list could not be indexed."""
+    names = []
+    for path in family.projectors:
+        module = submodule(vlm, path)
+        if isinstance(module, torch.nn.ModuleList):
+            names.extend(f"{path}.{index}" for index in range(len(module)))
+        elif module is not None:
+            names.append(path)
+    return names
+
+
+def modules_to_save(vlm, family: VisionFamily, settings: VisionSettings, requested: list[str] | None) -> list[str] | None:
+    """peft ``modules_to_save``: the config's, plus the projector (:func:`projector_modules`) when it trains."""
     names = list(requested or [])
-    if not settings.freeze_projector and family.projector not in names:
-        names.append(family.projector)
+    if not settings.freeze_projector:
+        names.extend(name for name in projector_modules(vlm, family) if name not in names)
     return names or None
 
 
 def trainable_vision_parameters(vlm, family: VisionFamily) -> list[torch.nn.Parameter]:
     """The trainable parameters of the vision tower and the projector (adapters and saved copies included)."""
     found: dict[int, torch.nn.Parameter] = {}
-    for path in (family.vision, family.projector):
+    for path in (family.vision, *family.projectors):
         module = submodule(vlm, path)
         if module is not None:
             found.update((id(p), p) for p in module.parameters() if p.requires_grad)
@@ -272,13 +290,13 @@ def load_projector(vlm, family: VisionFamily, path: str | Path) -> None:
                 "which does not exist. " + PROJECTOR_FIX
             )
         path = Path(newest)
-    projector = submodule(vlm, family.projector)
-    expected = projector.state_dict()
-    found = _projector_weights(path, family.projector)
+    modules = {name: submodule(vlm, name) for name in family.projectors}
+    expected = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
+    found = _projector_weights(path, family.projectors)
     if not found:
+        named = " or ".join(f"'{name}.*'" for name in family.projectors)
         raise ConfigError(
-            f"model.projector={str(path)!r} holds no projector weights (none named '{family.projector}.*'). "
-            + PROJECTOR_FIX
+            f"model.projector={str(path)!r} holds no projector weights (none named {named}). " + PROJECTOR_FIX
         )
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
@@ -297,34 +315,37 @@ def load_projector(vlm, family: VisionFamily, path: str | Path) -> None:
                 f"{tuple(value.shape)} there but {tuple(expected[key].shape)} here (a pretrain stage of another "
                 "language model or vision tower?). " + PROJECTOR_FIX
             )
-    projector.load_state_dict(found)
+    for name, module in modules.items():
+        module.load_state_dict({key[len(name) + 1 :]: value for key, value in found.items() if _under(key, name)})
 
 
-def _projector_key(key: str, projector: str) -> str | None:
-    """The key within the projector of a checkpoint key, or None when it is not a projector weight."""
+def _projector_key(key: str, projectors: tuple[str, ...]) -> str | None:
+    """The model's name (``<projector path>.<weight>``) of a checkpoint key, or None when it is not a projector
+    weight."""
     key = key.removeprefix("llm.").removeprefix("base_model.model.")
     if ".original_module." in key:
         return None  # peft's untrained copy beside a modules_to_save module
     key = key.replace(".modules_to_save.default.", ".")
-    for prefix in (projector + ".", projector.removeprefix("model.") + "."):  # also the pre-v5 HF layout
-        if key.startswith(prefix):
-            return key[len(prefix) :]
+    for projector in projectors:
+        for prefix in (projector + ".", projector.removeprefix("model.") + "."):  # also the pre-v5 HF layout
+            if key.startswith(prefix):
+                return projector + "." + key[len(prefix) :]
     return None
 
 
-def _projector_weights(path: Path, projector: str) -> dict[str, torch.Tensor]:
+def _projector_weights(path: Path, projectors: tuple[str, ...]) -> dict[str, torch.Tensor]:
     if path.is_dir() and (any(path.glob("model*.safetensors")) or (path / "model.safetensors.index.json").exists()):
-        return _hf_folder_weights(path, projector)
+        return _hf_folder_weights(path, projectors)
     from xtune.convert.checkpoint import read_checkpoint
 
     try:
         state = read_checkpoint(path).state
     except CheckpointError as exc:
         raise ConfigError(f"model.projector={str(path)!r}: {exc}") from None
-    return {name: value for key, value in state.items() if (name := _projector_key(key, projector)) is not None}
+    return {name: value for key, value in state.items() if (name := _projector_key(key, projectors)) is not None}
 
 
-def _hf_folder_weights(folder: Path, projector: str) -> dict[str, torch.Tensor]:
+def _hf_folder_weights(folder: Path, projectors: tuple[str, ...]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
     found = {}
@@ -332,7 +353,7 @@ def _hf_folder_weights(folder: Path, projector: str) -> dict[str, torch.Tensor]:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
-                    name = _projector_key(key, projector)
+                    name = _projector_key(key, projectors)
                     if name is not None:
                         found[name] = handle.get_tensor(key)
         except (SafetensorError, OSError) as exc:
