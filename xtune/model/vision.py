@@ -3,7 +3,8 @@ projector checkpoint, the vision inputs of a batch and the zero-weighted term.
 
 A VLM has three parts (their module paths per family are :data:`xtune.hf.vision.VISION_FAMILIES`): the vision
 tower (ViT), the projector (vision features -> the LM's hidden states; one module or several, as Qwen3-VL's
-``merger`` and its DeepStack mergers, always handled as one) and the language model with its output layer. The knobs say which parts train:
+``merger`` and its DeepStack mergers, always handled as one) and the language model with its output layer.
+The knobs say which parts train:
 
 - ``full`` / ``freeze``: the language model as the type says (nothing with ``freeze_llm``), the ViT unless
   ``freeze_vision_tower`` (frozen by default), the projector unless ``freeze_projector``.
@@ -201,7 +202,9 @@ def projector_modules(vlm, family: VisionFamily) -> list[str]:
     return names
 
 
-def modules_to_save(vlm, family: VisionFamily, settings: VisionSettings, requested: list[str] | None) -> list[str] | None:
+def modules_to_save(
+    vlm, family: VisionFamily, settings: VisionSettings, requested: list[str] | None
+) -> list[str] | None:
     """peft ``modules_to_save``: the config's, plus the projector (:func:`projector_modules`) when it trains."""
     names = list(requested or [])
     if not settings.freeze_projector:
@@ -291,7 +294,9 @@ def load_projector(vlm, family: VisionFamily, path: str | Path) -> None:
             )
         path = Path(newest)
     modules = {name: submodule(vlm, name) for name in family.projectors}
-    expected = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
+    expected = {
+        f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()
+    }
     found = _projector_weights(path, family.projectors)
     if not found:
         named = " or ".join(f"'{name}.*'" for name in family.projectors)
