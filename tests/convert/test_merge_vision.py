@@ -11,6 +11,7 @@ from xtune.chat.images import open_image
 from xtune.cli import main
 from xtune.convert.vision import verification_inputs
 from xtune.hf.vision import load_processor
+from xtune.model.vision import token_type_ids
 
 # the part of each family a vision adapter targets: LLaVA's CLIP tower, Qwen's ViT blocks
 VISION_PART = {"llava": "vision_tower", "qwen2_5_vl": "visual"}
@@ -68,13 +69,18 @@ def test_chat_on_the_merged_vlm_answers_as_base_plus_adapter(vision_models, tmp_
     assert capsys.readouterr().out == merged_answer and merged_answer.strip()
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl", "qwen3_vl"])
 def test_verification_inputs_hold_one_image_per_row(vision_models, arch):
     processor = load_processor(vision_models[arch])
+    model = AutoModelForImageTextToText.from_pretrained(vision_models[arch])
     image_id = processor.image_token_id
     text = torch.full((2, 32), image_id)  # random ids that hit the image token are replaced
-    inputs = verification_inputs(processor, text)
+    inputs = verification_inputs(processor, text, token_types=token_type_ids(model))
     count = processor.token_counts([(48, 64)])[0]
     assert [int((row == image_id).sum()) for row in inputs["input_ids"]] == [count, count]
-    model = AutoModelForImageTextToText.from_pretrained(vision_models[arch])
+    # Qwen-VL families get the per-token modality their 3-D positions come from, as in training
+    if arch.startswith("qwen"):
+        assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == image_id).int())
+    else:
+        assert "mm_token_type_ids" not in inputs
     assert _logits(model, inputs).shape[:2] == inputs["input_ids"].shape  # the model takes them

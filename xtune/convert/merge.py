@@ -20,6 +20,7 @@ from xtune.errors import XtuneError
 from xtune.hf.dtypes import check_dtype, resolve_device
 from xtune.hf.load import load_model, load_tokenizer, recorded_dtype
 from xtune.hf.vision import is_vision_language, load_processor, load_vision_model
+from xtune.model.vision import token_type_ids
 
 # Largest logit difference --verify accepts, relative to the largest logit (at least 1): the merged
 # weights are rounded once more to the dtype than base + adapter, and the error grows layer by layer.
@@ -117,7 +118,7 @@ def merge_adapter(
     if verify:
         inputs = {"input_ids": verification_batch(model.get_base_model().config.get_text_config().vocab_size)}
         if processor is not None:
-            inputs = verification_inputs(processor, inputs["input_ids"])
+            inputs = verification_inputs(processor, inputs["input_ids"], token_types=token_type_ids(model))
         expected = _logits(model, inputs)
     merged = model.merge_and_unload()
     if verify:

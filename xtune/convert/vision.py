@@ -43,7 +43,9 @@ def save_processor_files(
     processor.save_pretrained(folder)  # the tokenizer as trained, and preprocessor_config.json
 
 
-def verification_inputs(processor: VisionProcessor, text_ids: torch.Tensor, seed: int = 0) -> dict:
+def verification_inputs(
+    processor: VisionProcessor, text_ids: torch.Tensor, seed: int = 0, *, token_types: dict[int, int] | None = None
+) -> dict:
     """Model inputs for ``--verify`` on a vision-language model: ``text_ids`` with one image's tokens in
     the middle of each row, and the pixels of a fixed random image, so a vision-tower or projector
     adapter is checked too.
@@ -52,8 +54,12 @@ def verification_inputs(processor: VisionProcessor, text_ids: torch.Tensor, seed
         processor: The model's processor.
         text_ids: ``(rows, length)`` random text token ids.
         seed: Seed of the random image.
+        token_types: :func:`xtune.model.vision.token_type_ids` of the model: Qwen-VL's per-token modality,
+            from which it computes its 3-D positions as in training (Qwen3-VL refuses images without it).
     """
     from PIL import Image
+
+    from xtune.model.vision import vision_inputs
 
     generator = torch.Generator().manual_seed(seed)
     size = (48, 64)  # (height, width): not square, so resizing and cropping are exercised
@@ -70,7 +76,7 @@ def verification_inputs(processor: VisionProcessor, text_ids: torch.Tensor, seed
     middle = length // 2
     ids = torch.cat([text_ids[:, :middle], image_ids, text_ids[:, middle:]], dim=1)
     vision = processor.pixels([image] * rows)
-    return {"input_ids": ids, **vision}
+    return {"input_ids": ids, **vision_inputs({"input_ids": ids, "vision": vision}, token_types)}
 
 
 def is_vision_run(settings: dict) -> bool:
