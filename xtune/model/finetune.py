@@ -109,7 +109,7 @@ class FinetuneModel(BaseModel):
             folder (``model.safetensors``).
         freeze_llm: Train no language-model weight (the pretrain stage: only the projector trains).
         freeze_vision_tower: Keep the vision tower frozen (``full``/``freeze``; adapters use ``vision_lora``).
-        freeze_projector: Keep the projector frozen.
+        freeze_projector: Keep the projector frozen (all its modules: Qwen3-VL's ``merger`` and DeepStack mergers).
         vision_lora: With lora/dora/qlora, adapters on the vision tower's linear layers too.
     """
 
