@@ -181,10 +181,13 @@ def test_llava_counts_the_tower_per_token_and_the_projector_per_image_feature(tm
     assert flops.vision.flops({"pixel_values": pixels}) == expected
 
 
-def test_flop_counter_sees_the_vision_side_as_counted(qwen_vl):
+@pytest.mark.parametrize("frozen_tower", [False, True])
+def test_flop_counter_sees_the_vision_side_as_counted(qwen_vl, frozen_tower):
     vlm = AutoModelForImageTextToText.from_pretrained(qwen_vl[0], attn_implementation="sdpa")
+    tower = vlm.model.visual
+    tower.requires_grad_(not frozen_tower)
     config = vlm.config
-    grid = torch.tensor([[1, 8, 12]])
+    grid = torch.tensor([[1, 8, 12]])  # 96 patches, 24 features
     ids = [5, 6, config.vision_start_token_id] + [config.image_token_id] * 24 + [config.vision_end_token_id, 7, 8]
     ids = torch.tensor([ids])
     inputs = {"pixel_values": torch.randn(96, 3 * 2 * 14 * 14), "image_grid_thw": grid}
@@ -192,12 +195,14 @@ def test_flop_counter_sees_the_vision_side_as_counted(qwen_vl):
     with counter:
         vlm(input_ids=ids, mm_token_type_ids=(ids == config.image_token_id).int(), labels=ids, **inputs).loss.backward()
     flops = model_flops(vlm)
-    tower = vlm.model.visual
     # what the counter leaves out: norm weights and biases, attention (sdpa), and the patch embedding's
     # gradient for its input (the pixels need none): 2 of its 6 FLOPs per parameter and patch
     left_out = 6 * (_vectors(vlm) - _vectors(tower)) * ids.shape[1]
     left_out += 6 * (_vectors(tower.blocks) * 96 + _vectors(tower.merger) * 24) + 2 * QWEN_PATCH * 96
     left_out += 6 * 2 * 64 * ids.shape[1] ** 2 + 12 * 32 * (6 * 16 * 16 + 96 * 96)  # 6 windows; 1 frame
+    if frozen_tower:  # no backward through the tower at all: 2N of the 6N the MFU convention counts
+        matrices = QWEN_LAYERS - _vectors(tower.blocks), QWEN_MERGER - _vectors(tower.merger)
+        left_out += 4 * (matrices[0] * 96 + matrices[1] * 24) + 2 * QWEN_PATCH * 96
     assert _matmul_flops(counter) == flops.batch_flops([ids.shape[1]], inputs) - left_out
 
 
@@ -224,3 +229,49 @@ def test_the_hook_counts_a_vlm_batch_per_text_token_and_image_patch(qwen_vl):
 
 def test_every_vision_family_has_a_tower_rule():
     assert set(VISION_TOWERS) == set(VISION_FAMILIES)
+
+
+def test_a_siglip_tower_has_no_class_token_and_runs_its_pooling_head_once_per_image():
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    siglip = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64}
+    siglip |= {"num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    config = LlavaConfig(vision_config=siglip, text_config=tiny_config("llama").to_dict())
+    config.vision_feature_select_strategy = "full"  # every token's feature (SigLIP has no class token)
+    with torch.device("meta"):
+        vlm = LlavaForConditionalGeneration(config)
+    head = sum(p.numel() for p in vlm.model.vision_tower.head.parameters())
+    assert head == 4 * 32 * 32 + 4 * 32 + 32 + 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32)  # probe, attention, norm, MLP
+    vision = model_flops(vlm).vision
+    assert (vision.class_tokens, vision.image_parameters) == (0, head)
+    layers = 2 * (4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 64) + 64  # post_layernorm
+    projector = (32 * 64 + 64) + (64 * 64 + 64)
+    patch = 3 * 8 * 8 * 32 + 32  # SigLIP's patch embedding has a bias
+    # one 32 x 32 image: 16 patches, 16 tower tokens, 16 features; the head once
+    expected = 6 * (layers * 16 + patch * 16 + projector * 16 + head) + 12 * 32 * 2 * 16 * 16
+    assert vision.flops({"pixel_values": torch.zeros(1, 3, 32, 32)}) == expected
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_full_size_qwen_towers_are_read_from_their_own_config_keys(model_type):
+    with torch.device("meta"):
+        vlm = AutoModelForImageTextToText.from_config(AutoConfig.for_model(model_type))
+    vision = model_flops(vlm).vision
+    tower = vlm.config.vision_config
+    heads = tower.num_heads
+    head_dim = vlm.model.visual.blocks[0].attn.head_dim
+    assert (vision.layers, vision.width) == (tower.depth, heads * head_dim)  # Qwen2-VL: embed_dim, not hidden_size
+    assert vision.patch_parameters == sum(p.numel() for p in vlm.model.visual.patch_embed.parameters())
+    projector = vlm.model.visual.merger
+    assert vision.projector_parameters >= sum(p.numel() for p in projector.parameters())
+
+
+def test_an_moe_config_without_its_experts_per_token_key_counts_every_expert_and_says_so(monkeypatch):
+    from xtune.engine.flops import MoeFamily
+
+    monkeypatch.setitem(MOE_FAMILIES, "mixtral", MoeFamily(top_k="moe_topk"))  # a key this config lacks
+    flops = model_flops(_model("mixtral"))
+    assert flops.text_parameters == 2 * (ATTENTION + 4 * 64 + 4 * (2 * 128 * 64 + 64 * 128) + NORMS) + 64 + (
+        _vocab("mixtral") * 64
+    )
+    assert len(flops.notes) == 1 and "has no moe_topk" in flops.notes[0]

@@ -122,7 +122,12 @@ def _unused_expert_parameters(causal_lm: torch.nn.Module, text_config) -> tuple[
                 "are overstated (an upper bound). Add the family to MOE_FAMILIES to count active experts only."
             )
         return 0, None
-    top_k = int(getattr(text_config, family.top_k))
+    top_k = getattr(text_config, family.top_k, None)
+    if not isinstance(top_k, int) or top_k < 1:
+        return 0, (
+            f"the config of this '{text_config.model_type}' model has no {family.top_k} (experts per token): its "
+            "FLOPs count every expert for every token, so tflops and mfu are overstated (an upper bound)."
+        )
     unused = 0
     for name, module in causal_lm.named_modules():
         if name.rsplit(".", 1)[-1] == family.experts:
@@ -153,7 +158,10 @@ class TowerRule:
 
 _QWEN_MERGER = "model.visual.merger"
 VISION_TOWERS: dict[str, TowerRule] = {
-    "llava": TowerRule(False, ("model.multi_modal_projector",), ("model.vision_tower.vision_model.head",)),
+    # SigLIP's pooling head: at the tower's top in transformers 5, under vision_model before
+    "llava": TowerRule(
+        False, ("model.multi_modal_projector",), ("model.vision_tower.head", "model.vision_tower.vision_model.head")
+    ),
     "qwen2_vl": TowerRule(True, (_QWEN_MERGER,)),
     "qwen2_5_vl": TowerRule(True, (_QWEN_MERGER,), windows=True),
     "qwen3_vl": TowerRule(True, (_QWEN_MERGER, "model.visual.deepstack_merger_list")),
