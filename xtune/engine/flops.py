@@ -19,7 +19,8 @@ checkpointing is not counted. Which parameters multiply which token is read from
 - Vision-language models (:data:`VISION_TOWERS`): the tower's layers count per token the tower runs (the
   image's patches, plus CLIP's class token), its patch embedding per patch, the projector per image
   feature it maps into the text, SigLIP's pooling head once per image; lookups (position and class
-  embeddings) do not count. The image placeholder tokens are ordinary language-model tokens.
+  embeddings) do not count. The image placeholder tokens are ordinary language-model tokens. LLaVA runs
+  every tower layer though it reads the second-to-last one's features: the last one counts like the rest.
 - Attention, per layer: causal over each text sample of L tokens, 6 x width x L^2 (two matmuls over half
   the L x L square, x3 for backward); the vision tower attends both ways within each image frame (and
   Qwen2.5-VL's window layers within each window, partitioned as transformers does): 12 x width x S^2.
