@@ -9,7 +9,7 @@ Each case runs in a child process of its own, so that its peak memory is its own
 - ``hf_full_rows``: the same loop fed rows of exactly ``seq`` tokens with no padding at all.
 
 Tokens/s counts real (non-pad) tokens; FLOPs are counted the same way for every case
-(:func:`xtune.engine.hooks.throughput.training_flops`) and MFU is taken over the bf16 matmul peak
+(:func:`xtune.engine.flops.training_flops`) and MFU is taken over the bf16 matmul peak
 measured at the start of this run. Models are random-init Llama-architecture checkpoints written once
 to ``--cache``; data are synthetic alpaca-like rows whose token lengths follow log-normal
 distributions close to alpaca's (a short instruction, a longer answer).

@@ -439,7 +439,8 @@ def test_throughput_hook_counts_the_language_model(llava):
     model = SupervisedFinetune(str(lm), vision_tower=str(clip), finetune_type="lora", lora=LORA)
     hook = ThroughputHook()
     hook.before_train(SimpleNamespace(model=model))
-    assert (hook._layers, hook._width) == (2, 64)
+    assert (hook._flops.layers, hook._flops.width) == (2, 64)
+    assert hook._flops.vision is not None  # the tower and projector count per image (tests/engine/test_flops.py)
     assert hook._settings["attn_implementation"] == "xtune_varlen"
 
 

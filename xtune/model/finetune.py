@@ -51,6 +51,7 @@ CHUNKED_LOSS_MODEL_TYPES = frozenset(
         "qwen3",
         "mistral",
         "mixtral",
+        "qwen2_moe",
         "gemma",
         "gemma2",
         "phi3",

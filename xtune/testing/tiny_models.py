@@ -30,6 +30,7 @@ from transformers import (
     Phi3Config,
     PretrainedConfig,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
 )
 
@@ -53,6 +54,17 @@ _ARCHS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
     "qwen3": (Qwen3Config, {"head_dim": 16}),
     "mistral": (MistralConfig, {"head_dim": 16}),
     "mixtral": (MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    # a dense first layer (mlp_only_layers) and a shared expert beside the routed ones, as Qwen1.5-MoE has
+    "qwen2_moe": (
+        Qwen2MoeConfig,
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 64,
+            "mlp_only_layers": [0],
+        },
+    ),
     "gemma": (GemmaConfig, {"head_dim": 16}),
     # Gemma 2 alternates sliding-window and global layers; a short window keeps both paths distinct.
     "gemma2": (Gemma2Config, {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 256}),

@@ -1,12 +1,14 @@
 """Tokens per second per device, TFLOP/s and model-FLOPs utilisation, per iteration and for the run.
 
 FLOPs count the work the model does for its real tokens, padding excluded: 6 x the parameters that
-multiply each token (all but the input embedding; an output layer tied to it still counts) for the
-forward and backward pass, plus causal attention within each sample (see :func:`training_flops`).
+multiply each token for the forward and backward pass (only the experts a token is routed to in a
+mixture of experts), plus causal attention within each sample; a vision-language model's tower and
+projector per image patch and feature they process (:mod:`xtune.engine.flops` states the convention).
 Recomputation under gradient checkpointing is not counted, as usual for model-FLOPs utilisation.
 """
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +17,14 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from xtune.engine.flops import (  # noqa: F401  (the accounting's old home re-exports it)
+    ModelFlops,
+    attention_width,
+    matmul_parameters,
+    model_flops,
+    training_flops,
+)
+from xtune.model.vision import vision_inputs
 from xtune.registry import HOOKS
 from xtune.stages.base import objective_of
 from xtune.stages.sft import packed_sample_lengths as sample_lengths  # noqa: F401  (its old home)
@@ -40,42 +50,6 @@ def device_peak_flops() -> float | None:
     return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
 
 
-def _full_numel(param: torch.Tensor) -> int:
-    if hasattr(param, "ds_numel"):  # a ZeRO-3 shard
-        return int(param.ds_numel)
-    quant_state = getattr(param, "quant_state", None)  # bitsandbytes 4-bit: packed two to a byte
-    if quant_state is not None:
-        return int(quant_state.shape.numel())
-    return param.numel()
-
-
-def matmul_parameters(causal_lm: torch.nn.Module) -> int:
-    """Parameters each token is multiplied by: all but the input embedding, unless the output layer is it."""
-    total = sum(_full_numel(p) for p in causal_lm.parameters())  # parameters() lists a tied weight once
-    embedding = causal_lm.get_input_embeddings().weight
-    output = causal_lm.get_output_embeddings()
-    tied = output is not None and output.weight is embedding
-    return total if tied else total - _full_numel(embedding)
-
-
-def attention_width(config) -> int:
-    """Query heads x head size (not always the hidden size, e.g. Qwen 3, Gemma)."""
-    heads = getattr(config, "num_attention_heads", 0) or 0
-    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // max(heads, 1))
-    return heads * head_dim
-
-
-def training_flops(matmul_params: int, layers: int, width: int, lengths: list[int]) -> float:
-    """Forward + backward FLOPs of samples of the given lengths.
-
-    Per token 6 x ``matmul_params``; per sample of ``L`` tokens, causal attention's two matmuls (scores
-    and weighted values, 2 x 2 x L^2/2 x width each layer forward) times 3 for the backward pass:
-    6 x layers x width x L^2.
-    """
-    tokens = sum(lengths)
-    return 6.0 * matmul_params * tokens + 6.0 * layers * width * sum(n * n for n in lengths)
-
-
 @HOOKS.register_module()
 class ThroughputHook(Hook):
     """Logs ``tokens_per_sec`` (real, non-pad tokens per device), ``tflops`` and ``mfu`` each iteration,
@@ -91,9 +65,7 @@ class ThroughputHook(Hook):
     def __init__(self, warmup_iters: int = 2) -> None:
         self.warmup_iters = warmup_iters
         self._start = 0.0
-        self._params = 0
-        self._layers = 0
-        self._width = 0
+        self._flops = ModelFlops(0, 0, 0)
         self._peak = None
         self._seen = 0
         self._summary_start: float | None = None
@@ -106,10 +78,9 @@ class ThroughputHook(Hook):
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         causal_lm = model.causal_lm() if hasattr(model, "causal_lm") else None
         if causal_lm is not None:
-            self._params = matmul_parameters(causal_lm)
-            text = causal_lm.config.get_text_config()  # a vision-language model's language model
-            self._layers = getattr(text, "num_hidden_layers", 0) or 0
-            self._width = attention_width(text)
+            self._flops = model_flops(causal_lm)
+            for note in self._flops.notes:  # once per run, not per iteration
+                print_log(f"throughput: {note}", logger="current", level=logging.WARNING)
         self._peak = device_peak_flops()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -126,7 +97,10 @@ class ThroughputHook(Hook):
         elapsed = max(now - self._start, 1e-9)
         lengths = objective_of(runner.model).sample_lengths(data_batch)
         tokens = sum(lengths)
-        flops = training_flops(self._params, self._layers, self._width, lengths)
+        # the images the batch carries, as the model reads them (absent for text)
+        flops = self._flops.batch_flops(
+            lengths, vision_inputs(data_batch, None) if isinstance(data_batch, dict) else None
+        )
         runner.message_hub.update_scalar("train/tokens_per_sec", tokens / elapsed)
         runner.message_hub.update_scalar("train/tflops", flops / elapsed / 1e12)
         if self._peak:
@@ -154,9 +128,11 @@ class ThroughputHook(Hook):
             "tflops": self._totals["flops"] / seconds / 1e12 if seconds else None,
             "mfu": self._totals["flops"] / seconds / self._peak if seconds and self._peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "matmul_parameters": self._params,
+            "matmul_parameters": self._flops.text_parameters,
             "settings": self._settings,
         }
+        if self._flops.notes:
+            summary["flops_notes"] = list(self._flops.notes)
         Path(runner.work_dir, "throughput.json").write_text(json.dumps(summary, indent=2) + "\n")
         if seconds:
             line = f"throughput: {summary['tokens_per_sec']:,.0f} tokens/s per device, {summary['tflops']:.1f} TFLOP/s"
