@@ -146,28 +146,24 @@ class TowerRule:
         grids: Qwen-VL: the batch lists each image's patch grid (``image_grid_thw``), patches merged
             ``spatial_merge_size`` x ``spatial_merge_size`` into one feature; else LLaVA: whole images in
             ``pixel_values`` cut into ``patch_size`` squares, one feature per tower token kept.
-        projectors: The modules that run once per image feature.
         per_image: Modules that run once per image (SigLIP's pooling head, which LLaVA runs but never reads).
         windows: Qwen2.5-VL: layers outside ``fullatt_block_indexes`` attend within windows.
     """
 
     grids: bool
-    projectors: tuple[str, ...]
     per_image: tuple[str, ...] = ()
     windows: bool = False
 
 
-_QWEN_MERGER = "model.visual.merger"
 VISION_TOWERS: dict[str, TowerRule] = {
     # SigLIP's pooling head: at the tower's top in transformers 5, under vision_model before
-    "llava": TowerRule(
-        False, ("model.multi_modal_projector",), ("model.vision_tower.head", "model.vision_tower.vision_model.head")
-    ),
-    "qwen2_vl": TowerRule(True, (_QWEN_MERGER,)),
-    "qwen2_5_vl": TowerRule(True, (_QWEN_MERGER,), windows=True),
-    "qwen3_vl": TowerRule(True, (_QWEN_MERGER, "model.visual.deepstack_merger_list")),
+    "llava": TowerRule(False, ("model.vision_tower.head", "model.vision_tower.vision_model.head")),
+    "qwen2_vl": TowerRule(True),
+    "qwen2_5_vl": TowerRule(True, windows=True),
+    "qwen3_vl": TowerRule(True),
 }
-"""VLM ``model_type`` (a key of :data:`xtune.hf.vision.VISION_FAMILIES`) -> :class:`TowerRule`."""
+"""VLM ``model_type`` (a key of :data:`xtune.hf.vision.VISION_FAMILIES`) -> :class:`TowerRule`. The modules
+that run once per image feature are the family's projectors (:attr:`xtune.hf.vision.VisionFamily.projectors`)."""
 
 # tower parameters read by index rather than multiplied: CLIP's class token (nn.Embedding tables aside)
 _LOOKUP_PARAMETERS = ("class_embedding",)
@@ -269,7 +265,7 @@ def vision_cost(vlm: torch.nn.Module) -> VisionCost:
     convs = [m for m in tower.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]  # the patch embedding
     lookups = [m for m in tower.modules() if isinstance(m, torch.nn.Embedding)]
     looked_up = sum(full_numel(p) for n, p in tower.named_parameters() if n.rsplit(".", 1)[-1] in _LOOKUP_PARAMETERS)
-    projectors = [submodule(vlm, path) for path in rule.projectors]
+    projectors = [submodule(vlm, path) for path in family.projectors]
     per_image = [submodule(vlm, path) for path in rule.per_image]
     inside = [m for m in projectors + per_image if m is not None and any(m is t for t in tower.modules())]
     embeddings = submodule(tower, "vision_model.embeddings") or getattr(tower, "embeddings", None)
@@ -299,8 +295,8 @@ def matmul_parameters(causal_lm: torch.nn.Module) -> int:
     vision = []
     family = VISION_FAMILIES.get(causal_lm.config.model_type)
     if family is not None:
-        rule = VISION_TOWERS.get(causal_lm.config.model_type, TowerRule(False, ()))
-        paths = (family.vision, family.projector, *rule.projectors, *rule.per_image)
+        rule = VISION_TOWERS.get(causal_lm.config.model_type, TowerRule(False))
+        paths = (family.vision, *family.projectors, *rule.per_image)
         vision = [submodule(causal_lm, path) for path in paths]
     unused, _ = _unused_expert_parameters(causal_lm, text)
     return _numel([causal_lm]) - (0 if tied else full_numel(embedding)) - _numel(vision) - unused
