@@ -2,8 +2,11 @@
 
 Left to the interpreter's teardown, gloo's worker threads could still be releasing the last
 collective's work while Python finalized, and a rank that had trained fine aborted with "terminate called
-without an active exception" (see ``_end_process_group`` in xtune/cli/train.py). Both runs here are one
-rank under ``--launcher pytorch`` (gloo on CPU), in this process, so the group's state can be read after.
+without an active exception" (see ``end_process_group`` in xtune/engine/process_group.py). After a normal
+end every rank meets at a barrier first; after an error there is none (the other ranks may still be
+training), the group is destroyed all the same and the error reaches the exit status. Most runs here are
+one rank under ``--launcher pytorch`` (gloo on CPU), in this process, so the group's state can be read
+after; the last is two rank processes of which one fails.
 """
 
 import os
