@@ -18,8 +18,21 @@ import sys
 import time
 
 
-def measure(device: str, tokens: int, hidden: int, vocab: int, dtype: str, chunk: int) -> dict:
-    """One forward + backward of the loss over ``tokens`` hidden states; peak memory above the inputs."""
+def measure(
+    device: str,
+    tokens: int,
+    hidden: int,
+    vocab: int,
+    dtype: str,
+    chunk: int,
+    trained: float = 0.5,
+    host_count: bool = False,
+) -> dict:
+    """One forward + backward of the loss over ``tokens`` hidden states; peak memory above the inputs.
+
+    ``trained``: the share of tokens trained (the rest is prompt); ``host_count``: pass the trained count
+    as the training loop does (``trained_tokens``), so the chunked loss reads nothing back from the device.
+    """
     import torch
 
     from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
@@ -29,7 +42,7 @@ def measure(device: str, tokens: int, hidden: int, vocab: int, dtype: str, chunk
     states = torch.randn(1, tokens, hidden, device=device, dtype=kind, requires_grad=True)
     weight = (torch.randn(vocab, hidden, device=device, dtype=kind) * hidden**-0.5).requires_grad_()
     labels = torch.randint(0, vocab, (1, tokens), device=device)
-    labels[:, : tokens // 2] = -100  # the prompt half is not trained
+    labels[:, : tokens - round(tokens * trained)] = -100  # the prompt is not trained
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -38,7 +51,8 @@ def measure(device: str, tokens: int, hidden: int, vocab: int, dtype: str, chunk
         base = _rss_mib()
     start = time.perf_counter()
     if chunk:
-        loss_sum, count = chunked_token_loss_sum(states, weight, labels, chunk_size=chunk)
+        known = int((labels[:, 1:] != -100).sum()) if host_count else None
+        loss_sum, count = chunked_token_loss_sum(states, weight, labels, chunk_size=chunk, trained_tokens=known)
     else:
         loss_sum, count = shifted_token_loss_sum(states @ weight.T, labels)
     (loss_sum / count).backward()
@@ -67,12 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=128256, help="Llama 3's vocabulary by default")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--chunks", default="0,1024", help="comma-separated loss_chunk_size values (0: full logits)")
+    parser.add_argument("--trained", type=float, default=0.5, help="share of the tokens trained (the rest: prompt)")
+    parser.add_argument(
+        "--host-count", action="store_true", help="give the chunked loss the trained count, as training does"
+    )
     parser.add_argument("--out", help="JSON file for the results")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shape = (args.device, args.tokens, args.hidden, args.vocab, args.dtype)
     if args.one is not None:
-        print(json.dumps(measure(*shape, args.one)))
+        print(json.dumps(measure(*shape, args.one, args.trained, args.host_count)))
         return 0
     rows = []
     for chunk in [int(c) for c in args.chunks.split(",")]:
@@ -80,14 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run(child, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     logits_mib = args.tokens * args.vocab * 4 / 2**20
-    print(f"{args.tokens} tokens, hidden {args.hidden}, vocabulary {args.vocab}, {args.dtype} on {args.device}; "
+    print(f"{args.tokens} tokens ({args.trained:.0%} trained), hidden {args.hidden}, vocabulary {args.vocab}, "
+          f"{args.dtype} on {args.device}{', trained count from the host' if args.host_count else ''}; "
           f"fp32 logits alone: {logits_mib:,.0f} MiB")  # fmt: skip
     print(f"{'loss_chunk_size':>15} {'peak MiB':>10} {'seconds':>8} {'loss':>9}")
     for row in rows:
         print(f"{row['chunk']:>15} {row['peak_mib']:>10,.0f} {row['seconds']:>8.2f} {row['loss']:>9.4f}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"shape": shape, "rows": rows}, f, indent=2)
+            json.dump(
+                {"shape": shape, "trained": args.trained, "host_count": args.host_count, "rows": rows}, f, indent=2
+            )
     return 0
 
 

@@ -54,7 +54,7 @@ ADAM_STEPS = 3
 
 def make_batch(device: str) -> dict:
     """Two packed rows (the collator pads the second and states every segment), on ``device``."""
-    from xtune.dataset.collate import sft_collate_fn
+    from xtune.dataset.collate import count_trained_tokens, sft_collate_fn
 
     generator = torch.Generator().manual_seed(0)
     items = []
@@ -64,6 +64,7 @@ def make_batch(device: str) -> dict:
         labels = [-100 if p < 5 else t for p, t in zip(positions, ids)]
         items.append({"input_ids": ids, "labels": labels, "position_ids": positions})
     batch = sft_collate_fn(items)
+    batch["units"] = count_trained_tokens(batch["labels"])  # counted on the host, as the training loop does
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 

@@ -85,6 +85,62 @@ def test_a_frozen_output_layer_gets_no_gradient_and_nothing_is_trained_on_empty_
     assert weight.grad.abs().sum() == 0 and states.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("chunk_size", [4, 1000])
+def test_the_trained_count_known_on_the_host_gives_the_same_numbers(chunk_size, shifted):
+    states, weight, labels = _inputs(torch.float32)
+    trained = int((labels[:, 1:] != -100).sum()) if not shifted else int((labels != -100).sum())
+    results = []
+    for count in (None, trained):  # read back from the labels / counted on the host
+        leaf = states.detach().requires_grad_(), weight.detach().requires_grad_()
+        loss, total = chunked_token_loss_sum(*leaf, labels, chunk_size, shifted=shifted, trained_tokens=count)
+        (loss * 0.37).backward()
+        results.append((loss.detach(), total, leaf[0].grad, leaf[1].grad))
+    for read_back, known in zip(*results, strict=True):
+        assert torch.equal(read_back, known)  # the same rows in the same order: bit for bit
+    assert int(results[1][1]) == trained
+
+
+def test_a_wrong_host_count_is_an_error_not_a_different_loss():
+    states, weight, labels = _inputs(torch.float32)
+    trained = int((labels[:, 1:] != -100).sum())
+    for wrong in (trained - 1, trained + 1):
+        with pytest.raises(RuntimeError, match=f"trained_tokens={wrong} is not the number of trained targets"):
+            chunked_token_loss_sum(states, weight, labels, 4, trained_tokens=wrong)
+    with pytest.raises(ValueError, match="trained_tokens must be a count"):
+        chunked_token_loss_sum(states, weight, labels, 4, trained_tokens=-1)
+    loss, count = chunked_token_loss_sum(states, weight, torch.full_like(labels, -100), 4, trained_tokens=0)
+    assert float(loss.detach()) == 0.0 and int(count) == 0
+
+
+class _Nonzero(torch.overrides.TorchFunctionMode):
+    """Counts ``nonzero`` calls: reads of a tensor's values back to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += getattr(func, "__name__", "") == "nonzero"
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loop_s_unit_count_spares_the_loss_its_read_back(tiny_llama):
+    from xtune.dataset.collate import count_trained_tokens
+
+    model = SupervisedFinetune(str(tiny_llama), finetune_type="full", dtype="fp32", loss_chunk_size=7)
+    batch = _batches(model.causal_lm().config.vocab_size)[0]  # unpacked rows: the model reads no positions
+    units = count_trained_tokens(batch["labels"])
+    assert units == model.objective.units(batch)
+    expected, _ = _loss_and_grads(model, batch)
+    with _Nonzero() as counted:
+        loss, _ = _loss_and_grads(model, {**batch, "units": units})
+    assert counted.calls == 0 and loss == expected
+    with _Nonzero() as counted:  # without it (validation): the loss reads the labels back once
+        model(**batch)
+    assert counted.calls == 1
+
+
 def _loss_and_grads(model: SupervisedFinetune, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad()
     loss = model(**batch)["loss"]

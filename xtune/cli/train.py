@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from xtune.cli.configs import add_cfg_options
@@ -284,23 +285,25 @@ def _run(cfg, args: argparse.Namespace) -> int:
     import xtune.engine  # noqa: F401  (registers the runner, loop and hooks)
     from xtune.engine.checkpoints import remove_temporary_files
     from xtune.engine.loop import TrainingInterrupted
-    from xtune.registry import RUNNERS
+    from xtune.engine.process_group import end_process_group, process_group_running, start_cpu_process_group
 
     if os.environ.get("RANK", "0") == "0":
         for removed in remove_temporary_files(cfg.work_dir):
             _note(f"removed {removed}, left by an interrupted save")
-    started_here = not _process_group_running()
-    _start_cpu_process_group(cfg)
-    runner = RUNNERS.build(cfg)
-    runner.allow_changed_data = bool(getattr(args, "allow_changed_data", False))
-    stop = None
+    # Whatever group exists once the runner is built (ours below, mmengine's or DeepSpeed's) is this run's
+    # to end when none existed before it; one started by the caller is left to the caller.
+    started_here = not process_group_running()
     try:
-        runner.train()
-    except TrainingInterrupted as exc:
-        stop = exc.with_traceback(None)  # a one-line message; its frames would keep the run alive
-    del runner  # its model (DDP's reducer, DeepSpeed's engine) holds the process groups
-    if stop is None or stop.exit_status > 128:  # a normal end, or a stop signal: every rank saved the same step
-        _end_process_group(started_here)
+        start_cpu_process_group(cfg)
+        stop = _train(cfg, args)
+    except BaseException as exc:
+        # The traceback's frames hold the runner and its model, and with them the process groups: let them
+        # go (the traceback still prints) so that the groups end here, while Python is whole.
+        _clear_frames(exc)
+        end_process_group(started_here, after_error=True)
+        raise
+    # a normal end, or a stop signal: every rank saved the same step; any other stop is this rank's own
+    end_process_group(started_here, after_error=stop is not None and stop.exit_status <= 128)
     if stop is None:
         return 0
     if os.environ.get("RANK", "0") != "0":
@@ -310,58 +313,28 @@ def _run(cfg, args: argparse.Namespace) -> int:
     raise stop
 
 
-def _process_group_running() -> bool:
-    import torch.distributed as dist
+def _train(cfg, args: argparse.Namespace) -> "TrainingInterrupted | None":  # noqa: F821  (imported lazily)
+    """Build the runner and train; the ``TrainingInterrupted`` that stopped the run, or None.
 
-    return dist.is_available() and dist.is_initialized()
-
-
-def _end_process_group(started_here: bool) -> None:
-    """Wait for every rank, then destroy the process groups this run started, before Python exits.
-
-    Without this, a rank could abort after a run that succeeded ("terminate called without an active
-    exception", exit -6): a gloo worker thread drops its reference to a finished collective's work a moment
-    after the main thread has moved on; when that is the last reference, the work's destructor releases a
-    tensor Python also holds, which takes the GIL; if the main thread has begun finalizing by then, Python
-    ends the thread (pthread_exit) and the unwinding through that noexcept destructor calls std::terminate.
-    ``destroy_process_group`` joins gloo's threads while the interpreter is still whole, as torch's
-    documentation asks of every trainer; the barrier first makes sure no rank tears its connections down
-    while another is still inside a collective. A group's threads end when its last reference goes: the
-    model (DDP's reducer, DeepSpeed's engine) is collected first, so that the last reference is the one
-    held here, whose release lets go of the GIL while it waits for the threads (torch's Python binding does
-    that), and a thread still finishing a work can take the GIL. Only after a normal end or an agreed stop:
-    after an error, ranks may be in different collectives, and a barrier could hang.
+    The runner lives only in this frame: when it returns or raises, the run's objects (DDP's reducer,
+    DeepSpeed's engine) can be collected before the process groups they hold are destroyed.
     """
-    import gc
+    from xtune.engine.loop import TrainingInterrupted
+    from xtune.registry import RUNNERS
 
-    import torch.distributed as dist
-
-    if not started_here or not _process_group_running():
-        return
-    groups = list(getattr(dist.distributed_c10d._world, "pg_map", None) or [dist.group.WORLD])
-    dist.barrier()
-    ds_comm = sys.modules.get("deepspeed.comm")
-    if ds_comm is not None and ds_comm.is_initialized():
-        ds_comm.destroy_process_group()  # also drops DeepSpeed's references to the groups (sequence parallel)
-    else:
-        dist.destroy_process_group()
-    sequence_parallel = sys.modules.get("xtune.model.sequence_parallel")
-    if sequence_parallel is not None:
-        sequence_parallel.reset()
-    gc.collect()  # the finished run's objects, in reference cycles, and with them the model's references
-    del groups  # the last references: gloo's threads are joined here, while Python is whole
+    runner = RUNNERS.build(cfg)
+    runner.allow_changed_data = bool(getattr(args, "allow_changed_data", False))
+    try:
+        runner.train()
+    except TrainingInterrupted as exc:
+        return exc.with_traceback(None)  # a one-line message; its frames would keep the run alive
+    return None
 
 
-def _start_cpu_process_group(cfg) -> None:
-    """Start the gloo process group of a CPU-only worker; mmengine's own start calls torch.cuda.set_device,
-    which a CPU-only torch lacks (it starts none when a group exists)."""
-    import torch
-
-    if cfg.launcher != "pytorch" or torch.cuda.is_available() or torch.distributed.is_initialized():
-        return
-    if cfg.get("strategy"):
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")  # DeepSpeed's comm layer wraps the torch group
-    else:
-        torch.distributed.init_process_group(backend="gloo")
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback and those of its causes."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__

@@ -228,7 +228,8 @@ class TrainLoop(IterBasedTrainLoop):
         while self._iter < self._max_iters and not self.stop_training:
             group_end = min(self._iter - self._iter % accumulate + accumulate, self._max_iters)
             batches = [next(self.dataloader_iterator) for _ in range(group_end - self._iter)]
-            tokens = torch.tensor(float(sum(objective.units(b) for b in batches)))
+            units = [objective.units(b) for b in batches]  # on the host: the batches are still on the CPU
+            tokens = torch.tensor(float(sum(units)))
             if is_distributed():
                 all_reduce(tokens, op="sum")
             # The optimizer wrapper (or DeepSpeed) divides each loss by a factor and DDP (or ZeRO)
@@ -240,6 +241,7 @@ class TrainLoop(IterBasedTrainLoop):
                 if engine is not None:
                     engine.set_gradient_accumulation_boundary(position == len(batches) - 1)
                 batch["loss_scale"] = scale
+                batch["units"] = units[position]  # the objective need not count them again on the device
                 self.run_iter(batch)
                 loss = self.runner.message_hub.get_scalar("train/loss").current()
                 if not math.isfinite(loss) and not skip:

@@ -43,6 +43,7 @@ def chunked_token_loss_sum(
     chunk_size: int = 1024,
     softcap: float | None = None,
     shifted: bool = False,
+    trained_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`shifted_token_loss_sum` of ``hidden @ weight.T``, without materialising those logits.
 
@@ -53,6 +54,10 @@ def chunked_token_loss_sum(
         chunk_size: Token rows of logits computed at a time.
         softcap: Final logit soft-capping (``softcap * tanh(logits / softcap)``, Gemma 2), or None.
         shifted: ``labels`` are already the next tokens (see :func:`shifted_token_loss_sum`).
+        trained_tokens: How many of ``labels``' targets are trained, when the caller counted them on the
+            host (the training loop does, before the batch moves to the device). Then the trained rows are
+            found without reading the labels back to the host, which would wait for the device to finish
+            the forward pass before the loss and backward could be queued. None: read them back.
 
     Returns:
         The summed loss (fp32 scalar) and the number of trained tokens.
@@ -62,11 +67,31 @@ def chunked_token_loss_sum(
     shift_labels = (labels if shifted else labels[:, 1:]).reshape(-1)
     trained = shift_labels != IGNORE_INDEX
     # Rows that train nothing need no logits at all: prompts are often half of every sample.
-    rows = trained.nonzero().squeeze(1)
+    rows = _trained_rows(trained, trained_tokens)
     loss_sum = _ChunkedLinearCrossEntropy.apply(
         shift_hidden.index_select(0, rows), weight, shift_labels.index_select(0, rows), chunk_size, softcap
     )
     return loss_sum, trained.sum()
+
+
+def _trained_rows(trained: torch.Tensor, count: int | None) -> torch.Tensor:
+    """The positions where ``trained`` is true, in order; with their ``count`` known, on the device alone.
+
+    Raises:
+        ValueError: ``count`` is negative.
+        RuntimeError: ``count`` is not the number of trained positions (checked on the device, without
+            waiting for it: at once on a CPU, as a device-side assertion on a GPU).
+    """
+    if count is None:
+        return trained.nonzero().squeeze(1)  # the output's size depends on the values: a read back
+    if count < 0:
+        raise ValueError(f"trained_tokens must be a count of tokens (>= 0), got {count}")
+    torch._assert_async(
+        trained.sum() == count, f"trained_tokens={count} is not the number of trained targets in the labels"
+    )
+    # Positions past the last trained one would be filled with an out-of-range index, which index_select
+    # refuses; the check above makes that unreachable.
+    return torch.nonzero_static(trained, size=count, fill_value=trained.numel()).squeeze(1)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):

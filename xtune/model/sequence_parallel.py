@@ -56,6 +56,11 @@ def sequence_parallel_size() -> int:
     return _State.size
 
 
+def process_groups() -> list:
+    """The process groups this process's sequence-parallel setup made (none without one)."""
+    return [_State.group] if _State.group is not None else []
+
+
 def reset() -> None:
     """Forget this process's sequence-parallel setup (its groups were destroyed at the end of a run)."""
     _State.size, _State.group, _State.core, _State.modules, _State.last = 1, None, VARLEN, {}, (None, False)

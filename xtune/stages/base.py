@@ -40,7 +40,10 @@ class Objective:
 
     def compute(self, model, batch: dict, loss_scale: float | None) -> dict[str, torch.Tensor]:
         """The micro-batch's loss (summed over its units, times ``loss_scale``; None: divided by its own
-        units) under ``"loss"``, and detached metrics under other keys (logged as ``train/<key>``)."""
+        units) under ``"loss"``, and detached metrics under other keys (logged as ``train/<key>``).
+
+        In training, ``batch["units"]`` is :meth:`units` of the same batch, counted by the loop on the host
+        before the batch moved to the device; absent elsewhere (validation)."""
         raise NotImplementedError
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor:

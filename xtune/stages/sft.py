@@ -56,8 +56,9 @@ class SFTObjective(Objective):
             causal_lm = model.causal_lm()
             hidden = model.trunk()(**inputs, use_cache=False).last_hidden_state
             softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
+            # units: the trained tokens the loop counted on the host, so the loss need not read them back
             loss_sum, count = chunked_token_loss_sum(
-                hidden, head.weight, labels, model.loss_chunk_size, softcap, shifted=shifted
+                hidden, head.weight, labels, model.loss_chunk_size, softcap, shifted, batch.get("units")
             )
         else:
             logits = model.llm(**inputs, use_cache=False).logits

@@ -62,7 +62,8 @@ class LossCurveHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if outputs and "loss" in outputs:
             self.steps.append(runner.iter + 1)
-            self.losses.append(float(outputs["loss"].detach()))
+            # the value RuntimeInfoHook (priority VERY_HIGH, so before this hook) already read back to the host
+            self.losses.append(runner.message_hub.get_scalar("train/loss").current())
 
     def after_train(self, runner) -> None:
         if runner.rank != 0 or not self.steps:
