@@ -106,3 +106,27 @@ def test_check_dataset_exits_2_naming_the_second_file(tmp_path, capsys, processe
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("xtune: error:") and f"{second}: file is empty" in err
     assert processed == []
+
+
+def test_a_hub_dataset_is_checked_when_it_will_be_processed(tmp_path, processed, monkeypatch):
+    """A Hub dataset's first row is its download: checked on a cache miss, not loaded at all on a hit."""
+    import datasets
+
+    hub = {"owner/chat": CHAT, "owner/alpaca": GOOD}
+    loads: list[str] = []
+
+    def load_dataset(path, **kwargs):
+        loads.append(path)
+        return datasets.Dataset.from_list(hub[path])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    first, cache = write(tmp_path / "first.jsonl", GOOD), tmp_path / "cache"
+    with pytest.raises(DataError, match=r"owner/chat, row 1: .*is this sharegpt data\?"):
+        SFTDataset([str(first), "owner/chat"], TOKENIZER, data_format="alpaca", cache_dir=str(cache))
+    assert processed == [] and (not cache.exists() or not list(cache.iterdir()))
+    loads.clear()
+    SFTDataset([str(first), "owner/alpaca"], TOKENIZER, data_format="alpaca", cache_dir=str(cache))
+    assert loads == ["owner/alpaca", "owner/alpaca"]  # checked, then processed
+    loads.clear()
+    SFTDataset([str(first), "owner/alpaca"], TOKENIZER, data_format="alpaca", cache_dir=str(cache))
+    assert loads == []  # a cache hit needs no download

@@ -120,14 +120,15 @@ class SFTDataset(Dataset):
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
         cache_root = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
-        self._keys: list[str] = []
         self.parts: list[datasets.Dataset] = []
         # Every dataset is checked and keyed before any is processed (xtune.dataset.precheck): a broken last
         # file fails in seconds, not after the others were tokenised, and leaves nothing in the cache.
         # Each file is parsed at most once here: for its key (image paths) and, on a cache miss, its processing;
         # parsed rows stay (in the cache folder, where the space is, or /tmp) until their dataset is built.
         with ParsedRows(cache_root, work_suffix("build") if cache_root else "") as raw:
-            self._keys = shared_key(partial(self._check_and_key, raw, cache_root), cached=cache_root is not None)
+            self._keys: list[str] = shared_key(
+                partial(self._check_and_key, raw, cache_root), cached=cache_root is not None
+            )
             for spec, key in zip(self.specs, self._keys):
                 self.parts.append(build_or_load(spec, key, cache_root, self._process_kwargs(spec), num_proc, raw.get))
                 raw.release(spec)
