@@ -14,7 +14,8 @@ Only files Gradio itself holds are read as images: its upload folder (``GRADIO_T
 ``<tmp>/gradio``: ``gradio.utils.get_upload_folder()``), where the page's uploads and the files of the
 chat history it shows are kept. The history comes back from the browser, so it may name any path on the
 server (``/etc/passwd``, another user's upload folder); each path is resolved with its symlinks followed
-and refused, before it is opened, unless it lies in that folder.
+and refused, before it is opened, unless it lies in that folder. (Gradio checks the files a page posts
+too; this check does not rely on it: it holds for any caller and any shape of file part.)
 """
 
 import queue
