@@ -246,7 +246,8 @@ def test_chat_with_an_image_on_a_vision_language_model(page, vision_models, tiny
     from xtune.chat.session import GenerationSettings
 
     folder = vision_models["llava"]
-    reference = BoardChat()  # `xtune chat --image` answers the same: tests/board/test_chat.py
+    # `xtune chat --image` answers the same (tests/board/test_chat.py); the test images stand for uploads
+    reference = BoardChat(image_folder=vision_models.red.parent)
     reference.load(SOURCES[0], model=str(folder))
     settings = GenerationSettings(max_new_tokens=TOKENS, temperature=0)
     expected = list(reference.stream(QUESTION, [], "", settings, images=[vision_models.red]))[-1]

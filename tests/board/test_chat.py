@@ -1,5 +1,7 @@
 """The Chat tab's streaming over xtune.chat (no browser)."""
 
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def _page_turn(text: str, *paths) -> dict:
 @pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
 def test_an_image_turn_answers_as_xtune_chat_with_the_image(vision_models, capsys, arch):
     folder = vision_models[arch]
-    chat = BoardChat()
+    chat = BoardChat(image_folder=vision_models.red.parent)  # the test images stand for uploads
     chat.load(SOURCES[0], model=str(folder), device="cpu")
     parts = list(chat.stream(QUESTION, [], "", VISION_GREEDY, images=[vision_models.red]))
 
@@ -112,7 +114,7 @@ def test_an_image_turn_answers_as_xtune_chat_with_the_image(vision_models, capsy
 
 def test_later_turns_keep_the_earlier_images_in_order(vision_models):
     folder = vision_models["qwen2_5_vl"]
-    chat = BoardChat()
+    chat = BoardChat(image_folder=vision_models.red.parent)
     chat.load(SOURCES[0], model=str(folder), device="cpu")
     red, blue = open_image(vision_models.red), open_image(vision_models.blue)
     session = _vision_session(chat.loaded)
@@ -136,7 +138,7 @@ def test_later_turns_keep_the_earlier_images_in_order(vision_models):
 
 
 def test_an_image_for_a_text_model_is_one_clear_error_and_chat_goes_on(tiny_llama, vision_models):
-    chat = BoardChat()
+    chat = BoardChat(image_folder=vision_models.red.parent)
     chat.load(SOURCES[0], model=str(tiny_llama), template="chatml")
     with pytest.raises(XtuneError, match="reads text only"):
         next(chat.stream("Who are you?", [], "", GREEDY, images=[vision_models.red]))
@@ -145,3 +147,52 @@ def test_an_image_for_a_text_model_is_one_clear_error_and_chat_goes_on(tiny_llam
     assert chat._lock.acquire(timeout=1)  # no generation was started
     chat._lock.release()
     assert list(chat.stream("Who are you?", [], "", GREEDY))[-1]  # the board keeps answering text
+
+
+def test_images_outside_gradios_upload_folder_are_refused_before_they_are_read(
+    tiny_llama, vision_models, tmp_path, monkeypatch
+):
+    """The browser sends the history back, so a file part may name any path on the server: only files in
+    Gradio's upload folder (symlinks followed) are opened, for history and new images alike."""
+    uploads = tmp_path / "gradio"
+    (uploads / "0a1b").mkdir(parents=True)
+    inside = uploads / "0a1b" / "red.png"  # where Gradio keeps an upload: a hashed folder in its upload folder
+    shutil.copy(vision_models.red, inside)
+    shutil.copy(vision_models.red, tmp_path / "secret.png")
+    (uploads / "link.png").symlink_to(vision_models.red)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    chat = BoardChat()  # as the board makes it: Gradio's upload folder
+    chat.load(SOURCES[0], model=str(tiny_llama), template="chatml")
+    opened = []
+    monkeypatch.setattr("xtune.board.chat.open_image", lambda path: opened.append(path) or open_image(path))
+
+    outside = [vision_models.red, "/etc/passwd", uploads / "link.png", f"{uploads}/../secret.png", "red.png"]
+    for path in outside:
+        refused = (
+            f"image {re.escape(str(path))} was not uploaded to this board: .* \\(kept in {re.escape(str(uploads))}\\)"
+        )
+        with pytest.raises(XtuneError, match=refused):
+            next(chat.stream("Who are you?", [_page_turn("Hi", path)], "", GREEDY))
+        with pytest.raises(XtuneError, match=refused):
+            next(chat.stream("Who are you?", [], "", GREEDY, images=[path]))
+    assert opened == []  # refused before anything was read
+    # a file in the folder is read: this text model then refuses it for what it is
+    with pytest.raises(XtuneError, match="reads text only"):
+        next(chat.stream("Who are you?", [_page_turn("Hi", inside)], "", GREEDY))
+    assert opened == [inside]
+    assert chat._lock.acquire(timeout=1)  # no generation was started
+    chat._lock.release()
+
+
+def test_the_page_shows_a_refused_image_and_keeps_the_history(tiny_llama, tmp_path, monkeypatch):
+    from xtune.board.app import build_app
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo, board = build_app(tmp_path / "runs")
+    board.chat.load(SOURCES[0], model=str(tiny_llama), template="chatml")
+    respond = next(fn.fn for fn in demo.fns.values() if fn.name == "respond")
+    history = [_page_turn("Hi", "/etc/passwd"), {"role": "assistant", "content": "Hello."}]
+    [(shown, text, picture, status)] = list(respond("Who are you?", None, history, "", 0, 0.9, 50, 12, 1.0))
+    assert (shown, text, picture) == (history, "Who are you?", None)  # nothing lost: the message can be sent again
+    assert status.startswith("**error:** image /etc/passwd was not uploaded to this board")
+    assert "clear the history that names it" in status

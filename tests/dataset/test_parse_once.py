@@ -1,5 +1,6 @@
 """A dataset build parses its data file at most once: the vision cache key and processing share one parse,
-the format guess reads only the first row, and with several ranks only rank 0 parses."""
+the format guess and the check before processing (xtune.dataset.precheck) read only the first row, and with
+several ranks only rank 0 parses."""
 
 import json
 import os
@@ -81,12 +82,12 @@ def test_vision_build_parses_the_file_once_on_a_miss_and_once_on_a_hit(tmp_path,
     cache = tmp_path / "cache"
     reads = spy_parses(monkeypatch)
     miss = build(str(data), clip, cache)
-    # The format guess reads one row; the key and the processing share one whole parse.
-    assert whole(reads) == 1 and len(reads) == 2 and reads[0]["rows"] == 1 and reads[1]["rows"] == 40
+    # The format guess and the check read one row each; the key and the processing share one whole parse.
+    assert whole(reads) == 1 and [read["rows"] for read in reads] == [1, 1, 40]
     assert miss.spec.data_format == "sharegpt" and miss.statistics()["images"] == 40
     reads.clear()
     hit = build(str(data), clip, cache)
-    assert whole(reads) == 1 and len(reads) == 2  # the key still reads every row's image paths
+    assert whole(reads) == 1 and len(reads) == 3  # the key still reads every row's image paths
     assert hit.cache_key() == miss.cache_key() and hit.statistics() == miss.statistics()
     # The parsed rows were written under the cache folder and removed after the build: only the entry is left.
     assert sorted(path.name for path in cache.iterdir()) == [miss.cache_key()]
@@ -100,6 +101,8 @@ def test_uncached_and_mixture_builds_parse_each_file_once(tmp_path, clip, monkey
     before = set(os.listdir(tempfile.gettempdir()))
     dataset = build(f"{first},{second}", clip, None, data_format="sharegpt")
     assert [(read["file"], read["rows"], read["whole"]) for read in reads] == [
+        (str(first), 1, False),  # every file's first row is checked before any file is processed
+        (str(second), 1, False),
         (str(first), 12, True),
         (str(second), 7, True),
     ]
@@ -111,10 +114,11 @@ def test_text_sft_parses_only_on_a_miss(tmp_path, alpaca_file, monkeypatch):
     cache = tmp_path / "cache"
     reads = spy_parses(monkeypatch)
     miss = SFTDataset(str(alpaca_file), LM, data_format="alpaca", cache_dir=str(cache))
-    assert whole(reads) == 1 and len(reads) == 1
+    assert [(read["rows"], read["whole"]) for read in reads] == [(1, False), (16, True)]
     reads.clear()
     hit = SFTDataset(str(alpaca_file), LM, data_format="alpaca", cache_dir=str(cache))
-    assert reads == [] and hit.statistics() == miss.statistics()
+    assert [(read["rows"], read["whole"]) for read in reads] == [(1, False)]  # the first row's check only
+    assert hit.statistics() == miss.statistics()
 
 
 # ----------------------------------------------------------------------------- ranks
@@ -171,10 +175,23 @@ def test_with_two_ranks_only_rank_0_parses_and_errors_reach_both(tmp_path, clip)
     data, broken = tmp_path / "llava.json", tmp_path / "broken.json"
     data.write_text(json.dumps(llava_rows(30)))
     broken.write_text(data.read_text()[:-1] + ', {"image": }]')
-    (first, first_broken), (second, second_broken) = run_ranks([data, broken], clip, tmp_path)
-    # Both guess the format from the first row; only rank 0 parses the whole file (for the key and processing).
-    assert first["reads"] == [1, 30] and second["reads"] == [1]
+    other, missing_image = tmp_path / "other.json", tmp_path / "missing_image.json"
+    other.write_text(json.dumps(llava_rows(20)))
+    missing_image.write_text(json.dumps([{**llava_rows(1)[0], "image": "missing.png"}]))
+    mixture = f"{other},{missing_image}"
+    (first, first_broken, first_mixed), (second, second_broken, second_mixed) = run_ranks(
+        [data, broken, mixture], clip, tmp_path
+    )
+    # Both guess the format from the first row; rank 0 checks the first row again before processing, and
+    # only rank 0 parses the whole file (for the key and processing).
+    assert first["reads"] == [1, 1, 30] and second["reads"] == [1]
     assert first["key"] == second["key"] and first["samples"] == second["samples"] == 30
     # A file broken after its first row: rank 0 finds it computing the key, and rank 1 gets the same error.
     assert "invalid JSON" in first_broken["error"] and first_broken["error"] == second_broken["error"]
     assert second_broken["reads"] == [1]
+    # A mixture whose second file's first row is bad: rank 0's check finds it before anything is parsed
+    # whole or processed, and rank 1 gets the same error.
+    assert str(missing_image) in first_mixed["error"] and "missing.png" in first_mixed["error"]
+    assert first_mixed["error"] == second_mixed["error"]
+    assert first_mixed["reads"] == [1, 1, 1, 1] and second_mixed["reads"] == [1, 1]  # first rows only
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [first["key"]]  # nothing cached

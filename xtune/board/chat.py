@@ -9,6 +9,13 @@ message rebuilds the session's images from the history in message order, and a m
 images' ``<image>`` markers exactly as :meth:`ChatSession.ask` wrote them when that turn was asked
 (:func:`xtune.chat.images.with_image_markers`), so a conversation on the page is the one ``xtune chat``
 would have had.
+
+Only files Gradio itself holds are read as images: its upload folder (``GRADIO_TEMP_DIR``, else
+``<tmp>/gradio``: ``gradio.utils.get_upload_folder()``), where the page's uploads and the files of the
+chat history it shows are kept. The history comes back from the browser, so it may name any path on the
+server (``/etc/passwd``, another user's upload folder); each path is resolved with its symlinks followed
+and refused, before it is opened, unless it lies in that folder. (Gradio checks the files a page posts
+too; this check does not rely on it: it holds for any caller and any shape of file part.)
 """
 
 import queue
@@ -41,10 +48,23 @@ class _QueueWriter:
         pass
 
 
-class BoardChat:
-    """The model the Chat tab talks to; one at a time, replaced by each Load."""
+def upload_folder() -> Path:
+    """Gradio's folder for the files it received and serves (its uploads and its cache), resolved."""
+    from gradio.utils import get_upload_folder  # the board's dependency; read when asked: GRADIO_TEMP_DIR may change
 
-    def __init__(self) -> None:
+    return Path(get_upload_folder()).resolve()
+
+
+class BoardChat:
+    """The model the Chat tab talks to; one at a time, replaced by each Load.
+
+    Args:
+        image_folder: The only folder images are read from (files under it, symlinks followed); None:
+            Gradio's upload folder (:func:`upload_folder`), which is where the page's images are.
+    """
+
+    def __init__(self, image_folder: str | Path | None = None) -> None:
+        self.image_folder = image_folder
         self.loaded: ChatModel | None = None
         self.description = ""
         self._lock = threading.Lock()  # one generation at a time on one model
@@ -100,13 +120,13 @@ class BoardChat:
         "file": {"path": ...}}`` or ``{"path": ...}``), read again here.
 
         Raises:
-            XtuneError: No model is loaded, an image cannot be read, images for a text-only model, or
-                the template cannot render the conversation.
+            XtuneError: No model is loaded, an image is outside :attr:`image_folder` or cannot be read,
+                images for a text-only model, or the template cannot render the conversation.
         """
         if self.loaded is None:
             raise XtuneError("no model loaded: pick one above and press Load.")
         loaded = self.loaded
-        new_images = [open_image(path) for path in images or []]
+        new_images = [self._open_image(path) for path in images or []]
         stop_words = template_stop_words(loaded.tokenizer, loaded.template)
         session = ChatSession(
             loaded.model,
@@ -120,7 +140,7 @@ class BoardChat:
             text, paths = _parts(turn["content"])
             if turn["role"] == "user" and paths:
                 text = with_image_markers(text, len(paths))
-                session.images += [open_image(path) for path in paths]
+                session.images += [self._open_image(path) for path in paths]
             session.history.append({"role": turn["role"], "content": text})
         # what ask will send, checked here (template, text-only model, markers) before a thread starts
         session.generator.prompt(
@@ -154,6 +174,25 @@ class BoardChat:
         if failure:
             raise failure[0]
         yield session.history[-1]["content"]
+
+    def _open_image(self, path: str | Path):
+        """The image at ``path``, read only when the path, symlinks followed, lies in :attr:`image_folder`.
+
+        Raises:
+            XtuneError: The path is outside the folder (it was not uploaded on the page), or unreadable.
+        """
+        folder = Path(self.image_folder).resolve() if self.image_folder is not None else upload_folder()
+        try:
+            # no expanduser: "~" is a name here, not the board's home folder
+            file = Path(str(path)).resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            file = None
+        if file is None or not file.is_relative_to(folder):
+            raise XtuneError(
+                f"image {path} was not uploaded to this board: the chat reads only images uploaded on the "
+                f"page (kept in {folder}). Upload the image again, or clear the history that names it."
+            )
+        return open_image(file)
 
 
 def _parts(content) -> tuple[str, list[str]]:

@@ -6,12 +6,13 @@
     data_path = ['identity', dict(path='alpaca_demo', max_samples=100, weight=2.0),
                  dict(path='my.jsonl', data_format='sharegpt', columns={'messages': 'dialog'})]
 
-Each dataset is read, converted, tokenised and cached on its own (so adding a dataset to a mixture does
-not reprocess the others). Then ``max_samples`` keeps its first rows (LLaMA-Factory's ``max_samples``),
-the registry's ``num_samples`` draws that many rows (seeded, with repeats when it is larger than the
-dataset, as LLaMA-Factory does), and ``weight`` scales how often its rows are used per epoch: 2.0 uses
-each row twice, 0.5 a seeded random half. Weights therefore set the mixture's proportions: a dataset's
-share is ``rows * weight`` over the sum of all of them.
+Each dataset is read, converted, tokenised and cached on its own (so adding a dataset to a mixture does not
+reprocess the others), after every one of them was checked (:mod:`xtune.dataset.precheck`). Then
+``max_samples`` keeps its first rows (LLaMA-Factory's ``max_samples``), the registry's ``num_samples`` draws
+that many rows (seeded, with repeats when it is larger than the dataset, as LLaMA-Factory does), and
+``weight`` scales how often its rows are used per epoch: 2.0 uses each row twice, 0.5 a seeded random half.
+Weights therefore set the mixture's proportions: a dataset's share is ``rows * weight`` over the sum of all
+of them.
 """
 
 from __future__ import annotations

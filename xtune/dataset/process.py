@@ -19,7 +19,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import datasets
 from mmengine.dist import barrier, broadcast_object_list, get_rank, get_world_size
@@ -36,6 +36,7 @@ BAD_ROW = "dropped: bad row"
 # The placeholders of LLaMA-Factory's and xtune's identity data; every config has these two knobs.
 PLACEHOLDER_KNOBS = ("name", "author")
 _LEFT_PLACEHOLDER = re.compile(r"\{\{\s*(" + "|".join(PLACEHOLDER_KNOBS) + r")\s*\}\}")
+T = TypeVar("T")
 SKIP_HINT = "Or set skip_bad_rows=True to leave such rows out (they are counted in the dataset statistics)."
 
 
@@ -105,8 +106,8 @@ Rows = Callable[[DatasetSpec], datasets.Dataset]
 """Gives a dataset's raw rows (:meth:`xtune.dataset.loading.ParsedRows.get`: parsed once per build)."""
 
 
-def shared_key(compute: Callable[[], str], cached: bool) -> str:
-    """The cache key from ``compute``; with a cache, computed by rank 0 alone and sent to the other ranks.
+def shared_key(compute: Callable[[], T], cached: bool) -> T:
+    """The cache key(s) from ``compute``; with a cache, computed by rank 0 alone and sent to the other ranks.
 
     Only rank 0 builds a cache entry and the others read it, so they need its key, not the data (the key of
     image-text data reads every row). An error computing it on rank 0 is raised on every rank, none waits.
@@ -114,12 +115,18 @@ def shared_key(compute: Callable[[], str], cached: bool) -> str:
     if not cached or get_world_size() == 1:
         return compute()
     message: list = [None, None]
+    failure = None
     if get_rank() == 0:
         try:
             message[0] = compute()
-        except (XtuneError, OSError) as exc:
-            message[1] = exc
+        except Exception as exc:  # noqa: BLE001  (re-raised below, after the other ranks are told)
+            failure = exc
+            # xtune's errors and OSError travel as they are; another error's class may not unpickle there
+            shared = isinstance(exc, (XtuneError, OSError))
+            message[1] = exc if shared else XtuneError(f"on rank 0: {type(exc).__name__}: {exc}")
     broadcast_object_list(message, src=0)
+    if failure is not None:
+        raise failure
     if message[1] is not None:
         raise message[1]
     return message[0]

@@ -20,6 +20,7 @@ from xtune.dataset.encode import EncodeOptions
 from xtune.dataset.loading import ParsedRows
 from xtune.dataset.mixture import resolve_mixture, select_rows
 from xtune.dataset.packing import pack_indices, packing_efficiency
+from xtune.dataset.precheck import check_first_row
 from xtune.dataset.pretrain import concat_blocks
 from xtune.dataset.process import BAD_ROW, build_or_load, cache_key, default_cache_dir, shared_key
 from xtune.dataset.tokenizer import load_tokenizer_with_template
@@ -119,15 +120,17 @@ class SFTDataset(Dataset):
         self.skip_bad_rows = skip_bad_rows
         self.num_proc = num_proc
         cache_root = (Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
-        self._keys: list[str] = []
         self.parts: list[datasets.Dataset] = []
-        # Each dataset's file is parsed at most once here: for its key (image paths) and, on a cache miss, its
-        # processing; one dataset's parsed rows at a time, in the cache folder (where the space is) or /tmp.
+        # Every dataset is checked and keyed before any is processed (xtune.dataset.precheck): a broken last
+        # file fails in seconds, not after the others were tokenised, and leaves nothing in the cache.
+        # Each file is parsed at most once here: for its key (image paths) and, on a cache miss, its processing;
+        # parsed rows stay (in the cache folder, where the space is, or /tmp) until their dataset is built.
         with ParsedRows(cache_root, work_suffix("build") if cache_root else "") as raw:
-            for spec in self.specs:
-                key = shared_key(partial(self._cache_key, spec, raw), cached=cache_root is not None)
+            self._keys: list[str] = shared_key(
+                partial(self._check_and_key, raw, cache_root), cached=cache_root is not None
+            )
+            for spec, key in zip(self.specs, self._keys):
                 self.parts.append(build_or_load(spec, key, cache_root, self._process_kwargs(spec), num_proc, raw.get))
-                self._keys.append(key)
                 raw.release(spec)
         if cache_root is not None:
             print_log(f"processed data: {', '.join(str(cache_root / key) for key in self._keys)}", logger="current")
@@ -177,6 +180,21 @@ class SFTDataset(Dataset):
             "placeholders": self.placeholders,
             "skip_bad_rows": self.skip_bad_rows,
         }
+
+    def _check_and_key(self, raw: ParsedRows, cache_root: Path | None) -> list[str]:
+        """Check every dataset (:func:`check_first_row`) and compute its cache key; processes none of them.
+
+        Local files first (one row each, so a broken one is found at once), then the keys; a Hub dataset
+        is checked when it will be processed (no cache entry): its first row is its download.
+        """
+        for spec in self.specs:
+            if not spec.from_hub:
+                check_first_row(spec, self._process_kwargs(spec))
+        keys = [self._cache_key(spec, raw) for spec in self.specs]
+        for spec, key in zip(self.specs, keys):
+            if spec.from_hub and (cache_root is None or not (cache_root / key / "dataset_info.json").exists()):
+                check_first_row(spec, self._process_kwargs(spec))
+        return keys
 
     def _cache_key(self, spec: DatasetSpec, raw: ParsedRows) -> str:
         """The cache key of one dataset (``raw``: its rows, for a key that depends on them)."""
