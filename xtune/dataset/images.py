@@ -106,7 +106,7 @@ class ImageRows:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise DataError(
                 f"{where}: column '{column}' must be an image path or a list of image paths, got "
-                f"{str(value)[:80]}. Write file paths (absolute, or relative to image_folder)"
+                f"{str(value)[:80]}. Write file paths (absolute, or relative to image_folder)."
             )
         return column, value
 
@@ -123,7 +123,7 @@ class ImageRows:
             else:
                 raise DataError(
                     f"{where}: image path {value!r} is relative, and a Hub dataset has no folder to resolve it "
-                    "against. Set image_folder to the folder the image paths are relative to"
+                    "against. Set image_folder to the folder the image paths are relative to."
                 )
         return os.path.abspath(path)
 
@@ -134,7 +134,7 @@ class ImageRows:
         if not os.path.isfile(path):
             raise DataError(
                 f"{where}: image {value!r} not found: no file {path} ({self._folder_note(row)}). Fix the path, "
-                "or set image_folder to the folder the image paths are relative to"
+                "or set image_folder to the folder the image paths are relative to."
             )
         try:
             with Image.open(path) as image:
@@ -142,7 +142,7 @@ class ImageRows:
                 image.verify()
         except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise DataError(
-                f"{where}: image {path} is not a readable image ({str(exc)[:120]}). Replace the file, or drop the row"
+                f"{where}: image {path} is not a readable image ({str(exc)[:120]}). Replace the file, or drop the row."
             ) from None
         return height, width
 
