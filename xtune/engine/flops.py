@@ -288,6 +288,11 @@ def vision_cost(vlm: torch.nn.Module) -> VisionCost:
 def matmul_parameters(causal_lm: torch.nn.Module) -> int:
     """Parameters each text token is multiplied by: the language model and its output layer, but the input
     embedding (unless the output layer is it), a VLM's vision side and the routed experts a token skips."""
+    return _text_parameters(causal_lm)[0]
+
+
+def _text_parameters(causal_lm: torch.nn.Module) -> tuple[int, str | None]:
+    """:func:`matmul_parameters`, and the note of an MoE it could not count by active experts."""
     text = causal_lm.config.get_text_config()
     embedding = causal_lm.get_input_embeddings().weight
     output = causal_lm.get_output_embeddings()
@@ -298,8 +303,8 @@ def matmul_parameters(causal_lm: torch.nn.Module) -> int:
         rule = VISION_TOWERS.get(causal_lm.config.model_type, TowerRule(False))
         paths = (family.vision, *family.projectors, *rule.per_image)
         vision = [submodule(causal_lm, path) for path in paths]
-    unused, _ = _unused_expert_parameters(causal_lm, text)
-    return _numel([causal_lm]) - (0 if tied else full_numel(embedding)) - _numel(vision) - unused
+    unused, note = _unused_expert_parameters(causal_lm, text)
+    return _numel([causal_lm]) - (0 if tied else full_numel(embedding)) - _numel(vision) - unused, note
 
 
 def attention_width(config) -> int:
@@ -350,10 +355,10 @@ def model_flops(causal_lm: torch.nn.Module) -> ModelFlops:
     """The :class:`ModelFlops` of a transformers causal LM or vision-language model (under peft's wrapper's
     ``get_base_model()`` if adapted)."""
     text = causal_lm.config.get_text_config()  # a vision-language model's language model
-    _, note = _unused_expert_parameters(causal_lm, text)
+    text_parameters, note = _text_parameters(causal_lm)  # one walk over the modules for both
     vision = vision_cost(causal_lm) if causal_lm.config.model_type in VISION_TOWERS else None
     return ModelFlops(
-        text_parameters=matmul_parameters(causal_lm),
+        text_parameters=text_parameters,
         layers=getattr(text, "num_hidden_layers", 0) or 0,
         width=attention_width(text),
         vision=vision,
