@@ -58,7 +58,8 @@ def _fail(where: str, problem: str, fix: str) -> NoReturn:
     raise DataError(f"{where}: {problem}. {fix}")
 
 
-def _where(row: dict[str, Any]) -> str:
+def row_location(row: dict[str, Any]) -> str:
+    """Where a raw row comes from, for errors: ``<file>, line N`` (JSON Lines, text) or ``<file>, row N``."""
     source = str(row.get("_source", "<unknown source>"))
     unit = "line" if source.endswith((".jsonl", ".txt")) else "row"
     return f"{source}, {unit} {row.get('_row', '?')}"
@@ -68,10 +69,13 @@ def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+# A column that marks a row's format, for the hint in errors ("is this sharegpt data?"), first match wins.
+FORMAT_GUESSES = {"conversations": "sharegpt", "messages": "openai", "instruction": "alpaca", "text": "text"}
+
+
 def _format_hint(row: dict[str, Any]) -> str:
     found = [key for key in row if not key.startswith("_")]
-    guesses = {"conversations": "sharegpt", "messages": "openai", "instruction": "alpaca", "text": "text"}
-    guess = next((fmt for key, fmt in guesses.items() if row.get(key) is not None), None)
+    guess = next((fmt for key, fmt in FORMAT_GUESSES.items() if row.get(key) is not None), None)
     hint = f" (the row has columns {found}"
     return hint + (f"; is this {guess} data?)" if guess else ")")
 
@@ -420,7 +424,7 @@ def convert_row(row: dict[str, Any], spec: DatasetSpec, uses: tuple[str, ...] = 
     Raises:
         DataError: The row is malformed; the message names the file and row and says how to fix it.
     """
-    where = _where(row)
+    where = row_location(row)
     fmt = spec.data_format
     for media in MEDIA_COLUMNS:
         if media in uses:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xtune.dataset.dataset_info import DatasetSpec
+from xtune.dataset.formats import FORMAT_GUESSES, row_location
 from xtune.dataset.loading import first_row
 from xtune.dataset.process import process_batch
 from xtune.errors import DataError
@@ -31,14 +32,8 @@ FORMAT_FIELDS = {
     "text": "text",
     "preference": "chosen",
 }
-# A column that marks a row's format, for the hint in the error ("is this sharegpt data?").
-_FORMAT_OF_COLUMN = {
-    "conversations": "sharegpt",
-    "messages": "openai",
-    "instruction": "alpaca",
-    "text": "text",
-    "chosen": "preference",
-}
+# formats' guesses, and a preference row's mark (a first row decides here, so preference data is named too)
+_FORMAT_OF_COLUMN = {**FORMAT_GUESSES, "chosen": "preference"}
 # Files whose rows all have the same columns: a column missing from the first row is missing from every row.
 _FIXED_COLUMNS = (".csv", ".parquet")
 
@@ -69,15 +64,13 @@ def format_problem(row: dict[str, Any], spec: DatasetSpec, skip_bad_rows: bool) 
     fixed = spec.from_hub or Path(str(row.get("_source", ""))).suffix.lower() in _FIXED_COLUMNS
     if skip_bad_rows and not fixed and guess is None:
         return None  # skipped and counted by the build, like any other bad row
-    source = row.get("_source", spec.path)
     named = f" (dataset '{spec.name}')" if spec.name != spec.path else ""
-    unit = "line" if str(source).endswith((".jsonl", ".txt")) else "row"
     found = [name for name in row if not name.startswith("_")]
     names = " or ".join(f"'{column}'" for column in wanted)
     hint = f"; is this {guess} data?" if guess and guess != spec.data_format else ""
     fix = f"data_format='{guess}'" if hint else f"the data_format the file is written in ({', '.join(FORMAT_FIELDS)})"
     return (
-        f"{source}{named}, {unit} {row.get('_row', '?')}: {spec.data_format} data needs the column {names}, and "
+        f"{_location(row, spec)}{named}: {spec.data_format} data needs the column {names}, and "
         f"the first row has none (its columns: {found}{hint}). Set {fix} for this dataset, or map your column "
         f"with columns={{'{FORMAT_FIELDS[spec.data_format]}': '<column>'}}."
     )
@@ -101,3 +94,8 @@ def check_first_row(spec: DatasetSpec, process_kwargs: dict) -> None:
     if problem:
         raise DataError(problem)
     process_batch({name: [value] for name, value in row.items()}, spec, **process_kwargs)
+
+
+def _location(row: dict[str, Any], spec: DatasetSpec) -> str:
+    """:func:`row_location`, with the dataset's path where the row does not name its file."""
+    return row_location(row if "_source" in row else {**row, "_source": spec.path})
