@@ -35,6 +35,7 @@ def measure(
     """
     import torch
 
+    from xtune.dataset.collate import count_trained_tokens
     from xtune.model.loss import chunked_token_loss_sum, shifted_token_loss_sum
 
     torch.manual_seed(0)
@@ -51,7 +52,7 @@ def measure(
         base = _rss_mib()
     start = time.perf_counter()
     if chunk:
-        known = int((labels[:, 1:] != -100).sum()) if host_count else None
+        known = count_trained_tokens(labels) if host_count else None  # as the training loop counts
         loss_sum, count = chunked_token_loss_sum(states, weight, labels, chunk_size=chunk, trained_tokens=known)
     else:
         loss_sum, count = shifted_token_loss_sum(states @ weight.T, labels)
